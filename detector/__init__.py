@@ -1,0 +1,23 @@
+"""detector: a Faster R-CNN you can train on your own data, trust and read."""
+from detector.config import Config, load_config
+from detector.errors import CheckpointError, ConfigError, DetectorError, TargetError
+from detector.modeling.faster_rcnn import FasterRCNN, build_model
+from detector.modeling.torchvision_compat import from_torchvision, torchvision_config
+from detector.modeling.weights import load_matching_weights, read_state_dict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DetectorError",
+    "FasterRCNN",
+    "TargetError",
+    "build_model",
+    "from_torchvision",
+    "load_config",
+    "load_matching_weights",
+    "read_state_dict",
+    "torchvision_config",
+]

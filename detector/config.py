@@ -1,0 +1,236 @@
+"""Typed configuration: dataclasses with the defaults, YAML files with `_base_` inheritance,
+and dotted `key=value` overrides from the command line.
+
+The defaults here are the default model: EfficientNet-Lite0 (ImageNet), one stride-16 map,
+the paper's 9 anchors per location. `configs/_base_/lite0.yaml` spells them out with comments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "efficientnet_lite0"  # efficientnet_lite0 | resnet50 | mobilenet_v3_large | mobilenet_v2
+    fpn: bool = False  # feature pyramid (several maps) instead of one stride-16 map
+    pretrained: bool = True  # ImageNet weights; a missing file is an error, never a random init
+    weights: str | None = None  # local file with the backbone's ImageNet weights (overrides the default source)
+    trainable_layers: int = 3  # stages trainable from the top (0 = all frozen, the family's maximum = all)
+    frozen_bn: bool = True  # BatchNorm as fixed affine (FrozenBatchNorm2d) or trainable BatchNorm2d
+    fpn_channels: int = 256
+    fpn_norm: bool = False  # BatchNorm inside the FPN (torchvision's resnet50_fpn_v2)
+
+
+@dataclass
+class TransformConfig:
+    min_size: int = 600  # shorter side after resize
+    max_size: int = 1000  # cap on the longer side
+    # Input normalization, (x - mean) / std on RGB in 0..1; null = what the backbone's pretrained
+    # weights were trained with (ImageNet mean/std for the torchvision families).
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+    size_divisible: int = 32  # batch padded to a multiple of this
+
+
+@dataclass
+class AnchorConfig:
+    # One list per feature map; every size is combined with every ratio of that map.
+    sizes: list[list[float]] = field(default_factory=lambda: [[128.0, 256.0, 512.0]])
+    aspect_ratios: list[list[float]] = field(default_factory=lambda: [[0.5, 1.0, 2.0]])
+
+
+@dataclass
+class RPNConfig:
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 2000  # per feature map
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000  # per image
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    score_thresh: float = 0.0
+    min_box_size: float = 1e-3
+    conv_depth: int = 1  # 3x3 convs before the two 1x1 predictors (torchvision's v2 recipe: 2)
+
+
+@dataclass
+class ROIHeadsConfig:
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    pool_size: int = 7
+    sampling_ratio: int = 2
+    head: str = "two_fc"  # two_fc | conv
+    representation_size: int = 1024
+    conv_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])  # head: conv
+    conv_norm: bool = True  # head: conv
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 1  # object classes, background excluded (the model adds it as label 0)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (following `_base_` files), apply `key=value` overrides, check every key
+    and type, and return a `Config`. `path=None` gives the defaults."""
+    raw = _read_with_bases(Path(path)) if path is not None else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, "", str(path or "<defaults>"))
+
+
+def config_to_dict(config: Any) -> dict:
+    """Plain nested dict of a config (tuples as lists), ready for YAML or a checkpoint."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    return _build(Config, data, "", source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ files include each other: {' -> '.join(str(p) for p in seen + (path,))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        _deep_merge(merged, _read_with_bases(path.parent / base, seen + (path,)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. model.rpn.nms_thresh=0.6")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_dotted(data: dict, dotted_key: str, value: Any) -> None:
+    node = data
+    parts = dotted_key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted_key}: {part} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
+    values = {}
+    for name in names:
+        if name in data:
+            hint = hints[name]
+            if dataclasses.is_dataclass(hint):
+                values[name] = _build(hint, data[name], f"{prefix}{name}.", source)
+            else:
+                values[name] = _coerce(data[name], hint, f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against a type hint (int, float, str, bool, X | None, list[...], tuple[...])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{source}: {key} must have {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return origin(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")

@@ -1,0 +1,187 @@
+"""The second stage: classify each proposal and refine its box.
+
+RoIAlign pools a 7x7 feature per proposal; a box head (two FC layers of 1024, or convs + FC)
+feeds a predictor with K+1 class logits (softmax + cross-entropy, 0 = background) and 4 deltas
+per class. Training appends the GT boxes to the proposals, labels them with the matcher
+(IoU >= 0.5 object), samples 512 per image at <= 25% objects, and returns the two losses.
+Inference: softmax, decode per class, score >= 0.05, per-class NMS 0.5, best 100.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detector import ops
+from detector.modeling.box_coder import BoxCoder
+from detector.modeling.roi_pooler import RoIPooler
+from detector.modeling.sampler import sample_balanced
+
+
+class TwoFCHead(nn.Module):
+    def __init__(self, in_features: int, representation_size: int = 1024):
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = representation_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(start_dim=1)))))
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, norm: bool):
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm)]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ConvFCHead(nn.Sequential):
+    """convs (3x3, optional BatchNorm) -> flatten -> one FC layer; torchvision's FastRCNNConvFCHead layout."""
+
+    def __init__(self, in_channels: int, pool_size: int, conv_layers: list[int], fc_size: int, norm: bool):
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for out_channels in conv_layers:
+            blocks.append(ConvNormReLU(channels, out_channels, norm))
+            channels = out_channels
+        blocks += [nn.Flatten(), nn.Linear(channels * pool_size * pool_size, fc_size), nn.ReLU(inplace=True)]
+        super().__init__(*blocks)
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        self.out_features = fc_size
+
+
+class BoxPredictor(nn.Module):
+    """Class logits (num_classes + 1, background first) and per-class box deltas."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, (num_classes + 1) * 4)
+        # Small initial outputs: a new head starts near "uniform classes, no box change" (detectron2's init).
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class ROIHeads(nn.Module):
+    def __init__(
+        self,
+        box_roi_pool: RoIPooler,
+        box_head: nn.Module,
+        box_predictor: BoxPredictor,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ):
+        super().__init__()
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.box_coder = BoxCoder(box_reg_weights)
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.last_sampled_counts: dict[str, float] = {}
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("the ROI heads need targets in training mode")
+            proposals, labels, regression_targets = self.label_and_sample_proposals(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))
+        class_logits, box_deltas = self.box_predictor(box_features)
+        if self.training:
+            return [], self.compute_loss(class_logits, box_deltas, labels, regression_targets)
+        return self.predict_detections(class_logits, box_deltas, proposals, image_sizes), {}
+
+    def label_and_sample_proposals(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        sampled_proposals, sampled_labels, regression_targets = [], [], []
+        positives = negatives = 0
+        for image_proposals, target in zip(proposals, targets):
+            gt_boxes = target["boxes"].to(image_proposals.dtype)
+            gt_labels = target["labels"]
+            # The GT boxes themselves are proposals too: the head always sees perfect examples.
+            image_proposals = torch.cat((image_proposals, gt_boxes))
+            if gt_boxes.numel() == 0:
+                matched = torch.zeros(image_proposals.shape[0], dtype=torch.int64, device=image_proposals.device)
+                labels = torch.zeros_like(matched)
+                gt_boxes = image_proposals.new_zeros((1, 4))
+            else:
+                matches = ops.match(gt_boxes, image_proposals, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality=False)
+                matched = matches.clamp(min=0)
+                labels = gt_labels[matched].to(torch.int64)
+                labels[matches == ops.BELOW_LOW_THRESHOLD] = 0
+                labels[matches == ops.BETWEEN_THRESHOLDS] = -1
+            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
+            positives += pos.numel()
+            negatives += neg.numel()
+            keep = torch.cat([pos, neg]).sort().values
+            sampled_proposals.append(image_proposals[keep])
+            sampled_labels.append(labels[keep])
+            regression_targets.append(self.box_coder.encode(gt_boxes[matched[keep]], image_proposals[keep]))
+        self.last_sampled_counts = {"roi_fg": positives / len(proposals), "roi_bg": negatives / len(proposals)}
+        return sampled_proposals, sampled_labels, regression_targets
+
+    def compute_loss(
+        self, class_logits: Tensor, box_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> dict[str, Tensor]:
+        labels = torch.cat(labels)
+        regression_targets = torch.cat(regression_targets)
+        classification_loss = F.cross_entropy(class_logits, labels)
+        # Only foreground proposals regress, and only through the deltas of their own class.
+        positive = torch.where(labels > 0)[0]
+        box_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)
+        box_loss = F.smooth_l1_loss(
+            box_deltas[positive, labels[positive]], regression_targets[positive], beta=1 / 9, reduction="sum"
+        ) / max(labels.numel(), 1)
+        return {"loss_classifier": classification_loss, "loss_box_reg": box_loss}
+
+    def predict_detections(
+        self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        num_classes = class_logits.shape[-1]
+        boxes_per_image = [p.shape[0] for p in proposals]
+        pred_boxes = self.box_coder.decode(box_deltas, torch.cat(proposals)).split(boxes_per_image)
+        pred_scores = F.softmax(class_logits, -1).split(boxes_per_image)
+        detections = []
+        for boxes, scores, image_size in zip(pred_boxes, pred_scores, image_sizes):
+            boxes = ops.clip_boxes_to_image(boxes, image_size)
+            labels = torch.arange(num_classes, device=boxes.device).view(1, -1).expand_as(scores)
+            # Every (proposal, class) pair is a candidate; column 0 is background.
+            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+        return detections

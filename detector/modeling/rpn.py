@@ -1,0 +1,186 @@
+"""Region Proposal Network.
+
+A 3x3 conv slides over every feature map; two 1x1 convs predict, for each of the k anchors of a
+location, one objectness logit (object vs background, sigmoid + BCE) and 4 box deltas. Training
+labels anchors with the matcher (IoU >= 0.7 object, < 0.3 background, each GT's best anchors
+object), samples 256 per image (<= 128 objects) and returns the two RPN losses. Every forward
+also turns the deltas into proposals: decode, top-n per level, clip, drop tiny boxes, NMS per
+level, top-n per image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detector import ops
+from detector.modeling.anchors import AnchorGenerator
+from detector.modeling.box_coder import BoxCoder
+from detector.modeling.sampler import sample_balanced
+from detector.modeling.transform import ImageList
+
+
+class ConvReLU(nn.Sequential):
+    """3x3 conv + ReLU, laid out like torchvision's Conv2dNormActivation so weights load by name."""
+
+    def __init__(self, channels: int):
+        super().__init__(nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+
+
+class RPNHead(nn.Module):
+    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1):
+        super().__init__()
+        self.conv = nn.Sequential(*[ConvReLU(in_channels) for _ in range(conv_depth)])
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.constant_(layer.bias, 0)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for feature in features:
+            hidden = self.conv(feature)
+            logits.append(self.cls_logits(hidden))
+            deltas.append(self.bbox_pred(hidden))
+        return logits, deltas
+
+
+def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-level maps [N, A*C, H, W] -> [N, sum(H*W*A), C] in anchor order (location, then anchor)."""
+    flat_logits, flat_deltas = [], []
+    for level_logits, level_deltas in zip(logits, deltas):
+        n, a, h, w = level_logits.shape
+        flat_logits.append(level_logits.view(n, a, 1, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 1))
+        flat_deltas.append(level_deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+    return torch.cat(flat_logits, dim=1), torch.cat(flat_deltas, dim=1)
+
+
+class RegionProposalNetwork(nn.Module):
+    def __init__(
+        self,
+        anchor_generator: AnchorGenerator,
+        head: RPNHead,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_top_n: dict[str, int] | None = None,
+        post_nms_top_n: dict[str, int] | None = None,
+        nms_thresh: float = 0.7,
+        score_thresh: float = 0.0,
+        min_box_size: float = 1e-3,
+    ):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self._pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
+        self._post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
+        self.nms_thresh = nms_thresh
+        self.score_thresh = score_thresh
+        self.min_box_size = min_box_size
+        # Observability: how many object / background anchors the last training step sampled.
+        self.last_sampled_counts: dict[str, float] = {}
+
+    def pre_nms_top_n(self) -> int:
+        return self._pre_nms_top_n["training" if self.training else "testing"]
+
+    def post_nms_top_n(self) -> int:
+        return self._post_nms_top_n["training" if self.training else "testing"]
+
+    def forward(
+        self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        feature_maps = list(features.values())
+        logits, deltas = self.head(feature_maps)
+        anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), feature_maps)
+        anchors_per_level = [lvl.shape[1] * lvl.shape[2] * lvl.shape[3] for lvl in logits]
+        objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
+        num_images = objectness.shape[0]
+
+        proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
+        proposals = proposals.view(num_images, -1, 4)
+        boxes = self.filter_proposals(proposals, objectness.detach().view(num_images, -1), images.image_sizes, anchors_per_level)
+
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("the RPN needs targets in training mode")
+            labels, regression_targets = self.label_anchors(anchors, targets)
+            losses = self.compute_loss(objectness.view(num_images, -1), pred_deltas, labels, regression_targets)
+        return boxes, losses
+
+    def label_anchors(self, anchors: Tensor, targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image: labels (1 object, 0 background, -1 ignored) and regression targets of every anchor."""
+        labels, regression_targets = [], []
+        for target in targets:
+            gt_boxes = target["boxes"]
+            if gt_boxes.numel() == 0:  # a negative image: every anchor is background
+                labels.append(torch.zeros(anchors.shape[0], dtype=torch.float32, device=anchors.device))
+                regression_targets.append(torch.zeros_like(anchors))
+                continue
+            matched = ops.match(gt_boxes, anchors, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality=True)
+            image_labels = (matched >= 0).to(torch.float32)
+            image_labels[matched == ops.BETWEEN_THRESHOLDS] = -1.0
+            labels.append(image_labels)
+            regression_targets.append(self.box_coder.encode(gt_boxes[matched.clamp(min=0)], anchors))
+        return labels, regression_targets
+
+    def compute_loss(
+        self, objectness: Tensor, pred_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> dict[str, Tensor]:
+        num_anchors = objectness.shape[1]
+        positives, negatives = [], []
+        for image_index, image_labels in enumerate(labels):
+            pos, neg = sample_balanced(image_labels, self.batch_size_per_image, self.positive_fraction)
+            positives.append(pos + image_index * num_anchors)
+            negatives.append(neg + image_index * num_anchors)
+        positives, negatives = torch.cat(positives), torch.cat(negatives)
+        sampled = torch.cat([positives, negatives])
+        self.last_sampled_counts = {"rpn_fg": positives.numel() / len(labels), "rpn_bg": negatives.numel() / len(labels)}
+
+        box_loss = F.smooth_l1_loss(
+            pred_deltas.reshape(-1, 4)[positives],
+            torch.cat(regression_targets)[positives],
+            beta=1 / 9,
+            reduction="sum",
+        ) / max(sampled.numel(), 1)
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], torch.cat(labels)[sampled])
+        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
+    def filter_proposals(
+        self, proposals: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int]
+    ) -> list[Tensor]:
+        """Top-n per level by objectness, clip, drop tiny and low-score boxes, NMS per level, top-n."""
+        num_images = proposals.shape[0]
+        device = proposals.device
+        levels = torch.cat(
+            [torch.full((n,), level, dtype=torch.int64, device=device) for level, n in enumerate(anchors_per_level)]
+        )
+        top_indices, offset = [], 0
+        for level_scores in objectness.split(anchors_per_level, dim=1):
+            top_n = min(self.pre_nms_top_n(), level_scores.shape[1])
+            top_indices.append(level_scores.topk(top_n, dim=1).indices + offset)
+            offset += level_scores.shape[1]
+        top_indices = torch.cat(top_indices, dim=1)
+        batch_index = torch.arange(num_images, device=device)[:, None]
+        scores = torch.sigmoid(objectness[batch_index, top_indices])
+        levels = levels[top_indices]
+        proposals = proposals[batch_index, top_indices]
+
+        kept_boxes = []
+        for boxes, image_scores, image_levels, image_size in zip(proposals, scores, levels, image_sizes):
+            boxes = ops.clip_boxes_to_image(boxes, image_size)
+            keep = ops.remove_small_boxes(boxes, self.min_box_size)
+            boxes, image_scores, image_levels = boxes[keep], image_scores[keep], image_levels[keep]
+            keep = torch.where(image_scores >= self.score_thresh)[0]
+            boxes, image_scores, image_levels = boxes[keep], image_scores[keep], image_levels[keep]
+            keep = ops.batched_nms(boxes, image_scores, image_levels, self.nms_thresh)[: self.post_nms_top_n()]
+            kept_boxes.append(boxes[keep])
+        return kept_boxes
