@@ -1,0 +1,76 @@
+"""`from_torchvision`: our model with torchvision's weights gives torchvision's detections.
+
+Random torchvision models stand in for the COCO checkpoints (same names and shapes); their class
+logits are scaled so that real detections pass the 0.05 score threshold.
+"""
+import pytest
+import torch
+import torchvision
+
+from detector import CheckpointError, from_torchvision
+
+
+def confident_random_model(name: str, num_classes: int = 6):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, num_classes=num_classes)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(50.0)
+        model.roi_heads.box_predictor.cls_score.bias.mul_(5.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "name, num_images",
+    [
+        ("fasterrcnn_resnet50_fpn", 1),
+        ("fasterrcnn_resnet50_fpn_v2", 1),
+        ("fasterrcnn_mobilenet_v3_large_fpn", 2),
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", 3),
+    ],
+)
+def test_same_detections_as_torchvision(name, num_images, raccoon_images):
+    reference = confident_random_model(name)
+    ours = from_torchvision(name, reference.state_dict())
+    assert not ours.training
+    images = raccoon_images[:num_images]
+    with torch.no_grad():
+        expected, got = reference(images), ours(images)
+    for theirs, mine in zip(expected, got):
+        assert len(theirs["boxes"]) >= 20  # real detections, not an empty comparison
+        assert torch.equal(mine["labels"], theirs["labels"])
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-4, rtol=0)
+
+
+def test_same_training_losses_as_torchvision(raccoon_sample):
+    images, targets = raccoon_sample
+    reference = confident_random_model("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2)
+    ours = from_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", reference.state_dict())
+    reference.train(), ours.train()
+    # torchvision's COCO builders freeze BatchNorm (as `from_torchvision` does); a model built
+    # without weights has plain BatchNorm, so hold its statistics fixed the same way.
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    # torchvision draws a random training size even with one size to choose from; skip that draw
+    # so both models see the same random stream in their samplers.
+    reference.transform.torch_choice = lambda sizes: sizes[-1]
+    torch.manual_seed(7)
+    expected = reference(images, targets)
+    torch.manual_seed(7)
+    got = ours(images, targets)
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_coco_shaped_weights_give_90_classes_and_a_wrong_dict_is_named():
+    reference = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    model = from_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", reference.state_dict())
+    assert model.num_classes == 90 and model.roi_heads.box_predictor.cls_score.out_features == 91
+    with pytest.raises(CheckpointError, match="does not fit"):
+        from_torchvision("fasterrcnn_mobilenet_v3_large_fpn", {**reference.state_dict(), "rpn.head.extra": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="box_predictor.cls_score.weight"):
+        from_torchvision("fasterrcnn_resnet50_fpn", {"weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unknown model 'retinanet'"):
+        from_torchvision("retinanet", reference.state_dict())
