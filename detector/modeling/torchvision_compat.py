@@ -11,6 +11,7 @@ from torch import Tensor
 
 from detector.config import AnchorConfig, BackboneConfig, Config, ModelConfig, ROIHeadsConfig, RPNConfig, TransformConfig
 from detector.errors import CheckpointError
+from detector.modeling.backbones.base import set_frozen_bn_eps
 from detector.modeling.faster_rcnn import FasterRCNN, build_model
 from detector.modeling.weights import load_matching_weights
 
@@ -74,4 +75,8 @@ def from_torchvision(name: str, state_dict: dict[str, Tensor]) -> FasterRCNN:
     report = load_matching_weights(model, state_dict)
     if report.missing or report.shape_mismatch or report.unexpected:
         raise CheckpointError(f"from_torchvision({name!r}): the state dict does not fit this model:\n{report.summary()}")
+    if name == "fasterrcnn_resnet50_fpn":
+        # Its COCO weights come from Detectron, trained with BatchNorm eps 0; torchvision's builder
+        # sets eps 0 after loading them (overwrite_eps), and so do we.
+        set_frozen_bn_eps(model.backbone, 0.0)
     return model.eval()

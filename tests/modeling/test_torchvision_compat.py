@@ -16,6 +16,12 @@ def confident_random_model(name: str, num_classes: int = 6):
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(50.0)
         model.roi_heads.box_predictor.cls_score.bias.mul_(5.0)
+    if name == "fasterrcnn_resnet50_fpn":
+        # torchvision runs this model's COCO weights with BatchNorm eps 0 (overwrite_eps), as
+        # from_torchvision does; the random stand-in must too.
+        for module in model.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eps = 0.0
     return model.eval()
 
 

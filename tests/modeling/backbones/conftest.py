@@ -1,0 +1,44 @@
+"""Real photos for the backbone tests: skimage's chelsea (a tabby cat, ImageNet classes 281-285)
+and a raccoon photo from ../shared/data (skipped with a reason when absent)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+RACCOON_IMAGES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "raccoon" / "images"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def normalize(image: torch.Tensor, mean, std) -> torch.Tensor:
+    return (image - torch.as_tensor(mean)[:, None, None]) / torch.as_tensor(std)[:, None, None]
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> torch.Tensor:
+    """skimage's chelsea squashed to 224x224, [3, 224, 224] in 0..1."""
+    from skimage import data
+
+    image = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float() / 255
+    return resize(image, (224, 224))
+
+
+@pytest.fixture(scope="session")
+def raccoon_photo() -> torch.Tensor:
+    """A raccoon photo resized to 232x312 (not multiples of 32: the FPN's upsampling must cope),
+    ImageNet-normalized, as [1, 3, H, W]."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(RACCOON_IMAGES.glob("*.jpg"))
+    if not files:
+        pytest.skip(f"no real images at {RACCOON_IMAGES} (../shared/data is absent)")
+    image = torch.from_numpy(np.array(Image.open(files[0]).convert("RGB"))).permute(2, 0, 1).float() / 255
+    return normalize(resize(image, (232, 312)), IMAGENET_MEAN, IMAGENET_STD)[None]

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detector import ConfigError, build_model, load_config
+from detector.config import Config, config_to_dict, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_base_file_spells_out_exactly_the_defaults():
+    """configs/_base_/lite0.yaml documents every default: it must equal the dataclasses."""
+    assert config_to_dict(load_config(CONFIGS / "_base_" / "lite0.yaml")) == config_to_dict(Config())
+    keys = yaml.safe_load((CONFIGS / "_base_" / "lite0.yaml").read_text())["model"]
+    assert set(keys) == set(config_to_dict(Config())["model"])
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_a_model(path):
+    config = load_config(path, ["model.backbone.pretrained=false"])
+    model = build_model(config)
+    assert len(model.backbone.featmap_names) == len(config.model.anchors.sizes)
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  num_classes: 5\n  rpn: {nms_thresh: 0.6, conv_depth: 2}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel:\n  rpn: {nms_thresh: 0.65}\n")
+    config = load_config(tmp_path / "child.yaml", ["model.roi_heads.score_thresh=0.3", "model.anchors.sizes=[[64, 128]]"])
+    assert config.model.num_classes == 5
+    assert config.model.rpn.nms_thresh == 0.65 and config.model.rpn.conv_depth == 2  # merged, not replaced
+    assert config.model.roi_heads.score_thresh == 0.3
+    assert config.model.anchors.sizes == [[64.0, 128.0]]
+    save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.rpn.nms_tresh=0.5", "unknown key model.rpn.nms_tresh; did you mean model.rpn.nms_thresh"),
+        ("model.num_classes=three", "model.num_classes must be int, got 'three'"),
+        ("model.backbone.fpn=1", "model.backbone.fpn must be bool"),
+        ("model.roi_heads.box_reg_weights=[1, 2]", "model.roi_heads.box_reg_weights must have 4 values"),
+        ("model.anchors.sizes=[[a]]", r"model.anchors.sizes\[0\]\[0\] must be float"),
+        ("model_rpn=1", "unknown key model_rpn; did you mean model"),
+        ("nonsense", "expected key=value"),
+    ],
+)
+def test_bad_overrides_name_the_dotted_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("resnet50_fpn.yaml", "fasterrcnn_resnet50_fpn"),
+        ("resnet50_fpn_v2.yaml", "fasterrcnn_resnet50_fpn_v2"),
+        ("mobilenet_v3_large_fpn.yaml", "fasterrcnn_mobilenet_v3_large_fpn"),
+    ],
+)
+def test_torchvision_recipes_equal_the_builders(path, name):
+    from detector import torchvision_config
+
+    ours = config_to_dict(load_config(CONFIGS / path, ["model.backbone.pretrained=false", "model.num_classes=90"]))
+    theirs = config_to_dict(torchvision_config(name))
+    assert ours == theirs

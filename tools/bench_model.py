@@ -1,0 +1,137 @@
+"""Our Faster R-CNN against torchvision's FasterRCNN built from the same backbone weights and
+settings, on this machine: inference seconds per image (median over real photos) and training
+seconds per iteration (batch 2). Prints a table; also checks both give the same detections.
+
+    python tools/bench_model.py [--config configs/lite0.yaml] [--images N] [--iters N] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from detector import build_model, load_config
+from detector.cli import read_image_rgb
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
+
+
+def torchvision_twin(ours) -> TorchvisionFasterRCNN:
+    """torchvision's FasterRCNN around the same backbone and box-head modules (shared), with our
+    settings and a copy of our weights."""
+    rpn, roi, transform = ours.rpn, ours.roi_heads, ours.transform
+    anchors = AnchorGenerator(
+        tuple(tuple(s) for s in rpn.anchor_generator.sizes), tuple(tuple(r) for r in rpn.anchor_generator.aspect_ratios)
+    )
+    model = TorchvisionFasterRCNN(
+        ours.backbone,
+        min_size=transform.min_size,
+        max_size=transform.max_size,
+        image_mean=list(transform.image_mean),
+        image_std=list(transform.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(ours.backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=len(rpn.head.conv)),
+        box_roi_pool=MultiScaleRoIAlign(roi.box_roi_pool.featmap_names, roi.box_roi_pool.output_size, roi.box_roi_pool.sampling_ratio),
+        box_head=ours.roi_heads.box_head,
+        box_predictor=FastRCNNPredictor(ours.roi_heads.box_head.out_features, ours.num_classes + 1),
+    )
+    model.load_state_dict(ours.state_dict())
+    model.transform.torch_choice = lambda sizes: sizes[-1]  # same (single) training size, no extra RNG draw
+    return model
+
+
+def load_samples(count: int):
+    data = json.loads((DATA / "coco_val.json").read_text())
+    images, targets = [], []
+    for image in data["images"][:count]:
+        boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image["id"]]
+        images.append(read_image_rgb(DATA / image["file_name"]))
+        targets.append({
+            "boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+        })
+    return images, targets
+
+
+def time_inference(model, images) -> float:
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model(images[:1])  # warm-up
+        for image in images:
+            start = time.perf_counter()
+            model([image])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_training(model, images, targets, iters: int) -> float:
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    times = []
+    for step in range(iters + 1):
+        batch = [(step * 2 + k) % len(images) for k in range(2)]
+        start = time.perf_counter()
+        losses = model([images[i] for i in batch], [targets[i] for i in batch])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if step:  # the first step is warm-up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/lite0.yaml")
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, targets = load_samples(args.images)
+
+    torch.manual_seed(0)
+    ours = build_model(load_config(args.config, ["model.num_classes=1", *args.set]))
+    theirs = torchvision_twin(ours)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        same = all(
+            torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
+            for a, b in zip(ours(images[:3]), theirs(images[:3]))
+        )
+
+    rows = []
+    # Interleave the two models and keep each one's best round, so a busy neighbour skews neither.
+    inference = {"ours": [], "torchvision": []}
+    training = {"ours": [], "torchvision": []}
+    for _ in range(2):
+        for name, model in (("ours", ours), ("torchvision", theirs)):
+            inference[name].append(time_inference(model, images))
+            torch.manual_seed(1)
+            training[name].append(time_training(model, images, targets, args.iters))
+    for what, results in (("inference s/image", inference), ("training s/iter (batch 2)", training)):
+        ours_t, theirs_t = min(results["ours"]), min(results["torchvision"])
+        rows.append((what, ours_t, theirs_t, theirs_t / ours_t))
+
+    print(f"\nconfig {args.config} {' '.join(args.set)} | torch {torch.__version__}, torchvision {torchvision.__version__}, "
+          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos | same detections: {same}")
+    print(f"{'measure':<28}{'ours':>10}{'torchvision':>14}{'ratio (tv/ours)':>18}")
+    for what, ours_t, theirs_t, ratio in rows:
+        print(f"{what:<28}{ours_t:>10.3f}{theirs_t:>14.3f}{ratio:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()
