@@ -96,8 +96,91 @@ class ModelConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """One split. coco: images + annotations; voc: root (+ split); yolo: root (+ split, names);
+    synthetic: the embedded demo set, drawn into `root` (a cache folder) on first use."""
+
+    format: str = "coco"  # coco | voc | yolo | synthetic
+    images: str | None = None  # coco: folder the JSON's file_name values are relative to
+    annotations: str | None = None  # coco: instances JSON
+    root: str | None = None  # voc / yolo / synthetic: dataset folder
+    split: str | None = None  # voc: ImageSets/Main/<split>.txt; yolo: images/<split>; synthetic: train | val
+    names: str | None = None  # yolo: file with one class name per line (default: root/classes.txt or data.yaml)
+    num_images: int = 200  # synthetic only
+    seed: int = 0  # synthetic only
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5  # probability of a horizontal flip
+    scale: tuple[float, float] = (1.0, 1.0)  # random rescale range before the model's own resize
+    brightness: float = 0.0  # photometric jitter strength (0 = off)
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    train: DatasetConfig | None = None
+    val: DatasetConfig | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    workers: int = 2  # loader processes (0 = in the main process)
+    group_aspect_ratio: bool = True  # batch wide with wide, tall with tall: less padding
+    policy: str = "skip"  # bad samples: skip (report and go on) | strict (stop before training, listing all)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | adam | adamw | rmsprop
+    lr: float = 0.01  # base learning rate (the new layers: RPN, ROI heads, FPN)
+    backbone_lr_mult: float = 1.0  # pretrained backbone layers learn at lr * this
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    weight_decay: float = 1e-4
+    no_decay_norm_and_bias: bool = True  # no weight decay on norm layers and biases
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "multistep"  # multistep | step | cosine | constant
+    milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # multistep: fractions of the run
+    step_size: float = 0.33  # step: decay every this fraction of the run
+    gamma: float = 0.1  # decay factor (step, multistep)
+    min_lr_factor: float = 0.0  # cosine: final lr = lr * this
+    warmup_iters: int = 100  # linear warm-up from lr * warmup_factor (always per iteration)
+    warmup_factor: float = 0.001
+    per: str = "iter"  # iter | epoch: when the schedule steps
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 2
+    drop_last: bool = False  # iterations per epoch: ceil(N / B), or floor(N / B) with drop_last
+    max_iters: int | None = None  # stop after this many iterations in all (overrides epochs)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    clip_grad_norm: float | None = 10.0  # max gradient L2 norm; null = no clipping
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+    amp: bool = False  # mixed precision (CUDA only)
+    seed: int = 0
+    deterministic: bool = False  # deterministic algorithms (slower)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 1  # evaluate on val every N epochs (and after the last)
+    checkpoint_every_iters: int | None = None  # also save last.pt every N iterations
+    log_every: int = 20  # iterations between log lines
+    tensorboard: bool = False
+    num_val_images_drawn: int = 4  # validation images saved with predicted and true boxes
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/train"  # the run folder
 
 
 # ---------------------------------------------------------------- loading
@@ -195,12 +278,19 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     values = {}
     for name in names:
         if name in data:
-            hint = hints[name]
+            hint = _optional_dataclass(hints[name]) or hints[name]
             if dataclasses.is_dataclass(hint):
-                values[name] = _build(hint, data[name], f"{prefix}{name}.", source)
+                value = data[name]
+                values[name] = None if value is None else _build(hint, value, f"{prefix}{name}.", source)
             else:
                 values[name] = _coerce(data[name], hint, f"{prefix}{name}", source)
     return cls(**values)
+
+
+def _optional_dataclass(hint: Any) -> type | None:
+    """The dataclass X of a hint `X | None`, else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
