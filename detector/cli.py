@@ -1,54 +1,191 @@
 """The `detector` command line. Thin: it parses arguments, then calls the package.
 
-  detector model [CONFIG] [key=value ...]      what the config builds: backbone, maps, anchors, parameters
-  detector predict [--config C] [--weights W] SOURCE... [--out DIR] [--score-thresh T]
+  detector train CONFIG [key=value ...] [--resume [CHECKPOINT]]
+  detector eval CONFIG --weights W [key=value ...]
+  detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N]
+  detector model [CONFIG] [key=value ...]
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detector", description="Faster R-CNN you can train, trust and read.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a YAML config; writes a run folder")
+    train.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                       help="continue a stopped run (default: <output>/weights/last.pt)")
+
+    evaluate = commands.add_parser("eval", help="COCO mAP of a checkpoint on the config's val set")
+    evaluate.add_argument("config", help="YAML config naming data.val")
+    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
+    evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
+
+    predict = commands.add_parser("predict", help="detect objects in images, folders, globs and videos")
+    predict.add_argument("sources", nargs="+", help="image or video files, folders, or glob patterns")
+    predict.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
+    predict.add_argument("--out", default="runs/predict", help="folder for annotated images/videos and predictions.json")
+    predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
+    predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
+    predict.add_argument("--device", default="auto")
 
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
     model.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.backbone.fpn=true")
+    return parser
 
-    predict = commands.add_parser("predict", help="detect objects in images and folders")
-    predict.add_argument("sources", nargs="+", help="image files or folders")
-    predict.add_argument("--config", help="YAML config of the model (default: the built-in defaults)")
-    predict.add_argument("--weights", help="weights file (a state dict, or a checkpoint holding one under 'model')")
-    predict.add_argument("--out", default="runs/predict", help="folder for annotated images and detections.json")
-    predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
-    predict.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
 
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from detector.errors import DetectorError
 
+    commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model}
     try:
-        if args.command == "model":
-            return describe_model(args.config, args.overrides)
-        return predict_images(args)
+        return commands[args.command](args)
     except (DetectorError, FileNotFoundError) as error:
         print(f"detector {args.command}: {error}", file=sys.stderr)
         return 2
 
 
-def describe_model(config_path: str | None, overrides: list[str]) -> int:
+def train(args) -> int:
+    from detector import load_config
+    from detector.engine.trainer import Trainer
+
+    metrics = Trainer(load_config(args.config, args.overrides), resume=args.resume).fit()
+    if metrics:
+        print(f"val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from detector import load_config
+    from detector.data import load_dataset
+    from detector.engine.evaluation import evaluate_model
+    from detector.engine.predictor import Predictor
+
+    config = load_config(args.config, args.overrides)
+    if config.data.val is None:
+        print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
+        return 2
+    from detector.data import CategoryMap
+
+    predictor = Predictor.from_checkpoint(args.weights, device=config.train.device)
+    categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
+    dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
+    out = Path(args.out or Path(config.output) / "eval")
+    metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
+                             workers=config.data.workers, draw=config.train.num_val_images_drawn)
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+        print(f"{key:<6} {metrics[key]:.4f}")
+    for name, ap in metrics["per_class"].items():
+        print(f"  {name:<20} AP {ap:.4f}" if ap is not None else f"  {name:<20} no ground truth")
+    print(f"wrote metrics.json, predictions.json, ground_truth.json to {out}")
+    return 0
+
+
+def find_sources(sources: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            in_folder = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            if not in_folder:
+                raise FileNotFoundError(f"no images or videos in folder {path}")
+            found += in_folder
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in source for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"no files match {source}")
+            found += matches
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def predict(args) -> int:
+    import cv2
+
+    from detector.engine.predictor import Predictor, draw, read_image
+
+    predictor = Predictor.from_checkpoint(args.weights, args.device, args.score_thresh, args.max_detections)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in find_sources(args.sources):
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            results.append(predict_video(predictor, path, out))
+            continue
+        detection = predictor.predict([read_image(path)])[0]
+        cv2.imwrite(str(out / f"{path.stem}.jpg"), draw(read_image(path), detection))
+        results.append({"file": str(path), "detections": to_json(detection)})
+        print(f"{path}: {len(detection['scores'])} detections")
+    (out / "predictions.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote annotated files and predictions.json to {out}")
+    return 0
+
+
+def predict_video(predictor, path: Path, out: Path) -> dict:
+    import cv2
+
+    from detector.engine.predictor import draw
+    from detector.errors import DetectorError
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DetectorError(f"{path}: not a readable video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer, frames = None, []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        detection = predictor.predict([rgb])[0]
+        annotated = draw(rgb, detection)
+        if writer is None:
+            height, width = annotated.shape[:2]
+            writer = cv2.VideoWriter(str(out / f"{path.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        writer.write(annotated)
+        frames.append(to_json(detection))
+    capture.release()
+    if writer is None:
+        raise DetectorError(f"{path}: no frames could be read")
+    writer.release()
+    print(f"{path}: {len(frames)} frames -> {out / (path.stem + '.mp4')}")
+    return {"file": str(path), "frames": frames}
+
+
+def to_json(detection: dict) -> list[dict]:
+    return [
+        {"bbox_xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 4),
+         "category_id": int(category_id), "name": name}
+        for box, score, category_id, name in zip(detection["boxes"], detection["scores"], detection["category_ids"], detection["names"])
+    ]
+
+
+def describe_model(args) -> int:
     from detector import build_model, load_config
 
-    config = load_config(config_path, overrides)
+    config = load_config(args.config, args.overrides)
     model = build_model(config)
     params = list(model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     backbone = config.model.backbone
+    fmt = lambda values: "(" + ", ".join(f"{v:.3f}" for v in values) + ")"  # noqa: E731
     print(f"backbone        {backbone.name}{' + FPN' if backbone.fpn else ''} (pretrained: {backbone.pretrained})")
     print(f"normalization   mean {fmt(model.transform.image_mean)} std {fmt(model.transform.image_std)}")
     print(f"resize          short side {model.transform.min_size}, long side <= {model.transform.max_size}")
@@ -58,74 +195,6 @@ def describe_model(config_path: str | None, overrides: list[str]) -> int:
           f"sizes {config.model.anchors.sizes} x ratios {config.model.anchors.aspect_ratios}")
     print(f"classes         {model.num_classes} + background")
     print(f"parameters      {sum(p.numel() for p in params):,} ({trainable:,} trainable)")
-    return 0
-
-
-def fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
-
-
-def find_images(sources: list[str]) -> list[Path]:
-    images = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-            images += found
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    return images
-
-
-def read_image_rgb(path: Path):
-    import cv2
-    import torch
-
-    from detector.errors import DetectorError
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # applies the EXIF orientation
-    if image is None:
-        raise DetectorError(f"{path}: not a readable image")
-    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 255
-
-
-def predict_images(args) -> int:
-    import cv2
-    import torch
-
-    from detector import build_model, load_config, load_matching_weights, read_state_dict
-
-    overrides = list(args.set)
-    if args.score_thresh is not None:
-        overrides.append(f"model.roi_heads.score_thresh={args.score_thresh}")
-    config = load_config(args.config, overrides)
-    model = build_model(config).eval()
-    if args.weights:
-        report = load_matching_weights(model, read_state_dict(args.weights))
-        print(f"weights {args.weights}: {report.summary()}")
-    else:
-        print("no --weights: the detection heads are untrained, so boxes are meaningless until you train")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in find_images(args.sources):
-        image = read_image_rgb(path)
-        with torch.no_grad():
-            detection = model([image])[0]
-        boxes, scores, labels = detection["boxes"].tolist(), detection["scores"].tolist(), detection["labels"].tolist()
-        results.append({"image": str(path), "boxes": boxes, "scores": scores, "labels": labels})
-        canvas = cv2.cvtColor((image.permute(1, 2, 0).numpy() * 255).astype("uint8"), cv2.COLOR_RGB2BGR)
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
-            cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 2)
-            cv2.putText(canvas, f"{label}: {score:.2f}", (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 0), 1)
-        cv2.imwrite(str(out / f"{path.stem}.jpg"), canvas)
-        print(f"{path}: {len(boxes)} detections" + (f", best score {max(scores):.3f}" if scores else ""))
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {len(results)} annotated images and detections.json to {out}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Detect objects in images and folders: `python tools/infer.py [--config C] [--weights W] SOURCE...`
+"""Detect objects in images, folders, globs and videos: `python tools/infer.py --weights W SOURCE...`
 (the same as `detector predict ...`)."""
 import sys
 

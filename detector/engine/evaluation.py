@@ -1,0 +1,53 @@
+"""Run a model over a dataset and score it with COCO mAP; draw a few images for the run folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.data import build_loader
+from detector.engine.evaluator import evaluate
+from detector.engine.plots import draw_detections, plot_pr_curves
+
+
+@torch.no_grad()
+def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, workers: int = 0) -> list[dict]:
+    """Detections for every record of `dataset`, in record order, in original image pixels."""
+    model.eval()
+    loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0, group_aspect_ratio=False, drop_last=False)
+    predictions: list[dict | None] = [None] * len(dataset)
+    for images, targets in loader:
+        outputs = model([image.to(device) for image in images])
+        for target, output in zip(targets, outputs):
+            predictions[int(target["image_id"])] = {k: v.cpu() for k, v in output.items()}
+    return predictions
+
+
+def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, workers: int = 0, draw: int = 0) -> dict:
+    """COCO metrics of `model` on `dataset`; writes metrics/predictions/ground truth JSON, the
+    per-class PR curves and `draw` images with predicted and true boxes into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = predict_dataset(model, dataset, device, batch_size, workers)
+    categories = dataset.category_map
+    metrics = evaluate(ground_truth_entries(dataset), predictions, list(zip(categories.ids, categories.names)), out_dir)
+    plot_pr_curves(metrics.pop("pr_curves"), categories.names, out_dir / "pr_curves.png")
+    for index in range(min(draw, len(dataset))):
+        record = dataset.records[index]
+        image, _ = dataset[index]
+        draw_detections(
+            (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+            predictions[index]["boxes"].numpy(), predictions[index]["scores"].numpy(), predictions[index]["labels"].numpy(),
+            record.boxes, record.labels, categories.names, out_dir / f"val_{index}_{Path(record.path).stem}.jpg",
+            score_thresh=0.3,
+        )
+    return metrics
+
+
+def ground_truth_entries(dataset) -> list[dict]:
+    return [
+        {"file_name": str(r.path), "width": r.width, "height": r.height, "boxes": r.boxes, "labels": r.labels,
+         "iscrowd": r.iscrowd, "image_id": r.image_id}
+        for r in dataset.records
+    ]

@@ -1,0 +1,77 @@
+"""Inference from a checkpoint: images in, detections with the dataset's own category ids and
+names out. Batches images of different sizes (the model pads them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from detector.config import config_from_dict
+from detector.engine.checkpoint import load_checkpoint
+from detector.engine.trainer import resolve_device
+from detector.errors import DetectorError
+from detector.modeling.faster_rcnn import build_model
+
+
+class Predictor:
+    def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device):
+        self.model = model.to(device).eval()
+        self.category_ids = list(category_ids)
+        self.category_names = list(category_names)
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", score_thresh: float | None = None, max_detections: int | None = None
+    ) -> "Predictor":
+        state = load_checkpoint(path)
+        if "config" not in state or "categories" not in state:
+            raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
+        config = config_from_dict(state["config"], source=str(path))
+        config.model.backbone.pretrained = False  # every weight comes from the checkpoint
+        if score_thresh is not None:
+            config.model.roi_heads.score_thresh = score_thresh
+        if max_detections is not None:
+            config.model.roi_heads.detections_per_img = max_detections
+        model = build_model(config)
+        model.load_state_dict(state["model"])
+        categories = state["categories"]
+        return cls(model, categories["ids"], categories["names"], resolve_device(device))
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:
+        """Detections for RGB uint8 arrays [H, W, 3]: boxes xyxy in pixels, scores, labels (1..K),
+        category_ids (the dataset's) and names."""
+        results = []
+        for start in range(0, len(images), batch_size):
+            batch = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255).to(self.device)
+                     for img in images[start:start + batch_size]]
+            for output in self.model(batch):
+                labels = output["labels"].cpu().tolist()
+                results.append({
+                    "boxes": output["boxes"].cpu().numpy(),
+                    "scores": output["scores"].cpu().numpy(),
+                    "labels": np.asarray(labels, dtype=np.int64),
+                    "category_ids": [self.category_ids[label - 1] for label in labels],
+                    "names": [self.category_names[label - 1] for label in labels],
+                })
+        return results
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; EXIF orientation applied; grayscale / RGBA / 16-bit converted."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DetectorError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def draw(image: np.ndarray, detection: dict) -> np.ndarray:
+    """A BGR copy of `image` with the detections drawn, for writing with OpenCV."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    for (x1, y1, x2, y2), score, name in zip(detection["boxes"], detection["scores"], detection["names"]):
+        cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 2)
+        cv2.putText(canvas, f"{name} {score:.2f}", (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1)
+    return canvas

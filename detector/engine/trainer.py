@@ -1,0 +1,286 @@
+"""The training loop, in the order that matters:
+
+    for each iteration:   losses = model(images, targets)
+                          (loss / accumulate).backward()
+                          every `accumulate` iterations:
+                              clip gradients -> optimizer.step() -> optimizer.zero_grad()
+                              -> scheduler.step()
+
+It prints the accounting first (N images, batch B -> iterations per epoch = ceil(N / B), or
+floor(N / B) with drop_last; total iterations), stops on a non-finite loss with the iteration,
+the losses and the images at fault (saving nothing), writes `last.pt` every epoch (atomically),
+`best.pt` by validation AP, and keeps the run folder: config.yaml, results.csv, metrics.json,
+plots and validation images with predicted and true boxes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import detector
+from detector.config import Config, config_to_dict, save_config
+from detector.data import build_loader, load_dataset
+from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from detector.engine.evaluation import evaluate_model
+from detector.engine.logger import RunLogger
+from detector.engine.optim import build_optimizer, build_scheduler
+from detector.errors import ConfigError, DetectorError
+from detector.modeling.faster_rcnn import build_model
+
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+class NonFiniteLossError(DetectorError):
+    """A loss became NaN or infinite; the message names the iteration, the losses and the images."""
+
+
+@dataclass
+class Accounting:
+    num_images: int
+    batch_size: int
+    drop_last: bool
+    epochs: int
+    max_iters: int | None
+
+    @property
+    def iters_per_epoch(self) -> int:
+        whole, rest = divmod(self.num_images, self.batch_size)
+        return whole if self.drop_last or rest == 0 else whole + 1
+
+    @property
+    def total_iters(self) -> int:
+        planned = self.iters_per_epoch * self.epochs
+        return min(planned, self.max_iters) if self.max_iters else planned
+
+    @property
+    def total_epochs(self) -> int:
+        return math.ceil(self.total_iters / self.iters_per_epoch)
+
+    def describe(self) -> str:
+        rule = f"floor({self.num_images} / {self.batch_size})" if self.drop_last else f"ceil({self.num_images} / {self.batch_size})"
+        text = (f"{self.num_images} training images, batch {self.batch_size} -> {self.iters_per_epoch} iterations per epoch "
+                f"({rule}{', drop_last' if self.drop_last else ''}); {self.total_epochs} epochs -> {self.total_iters} iterations")
+        if self.max_iters and self.max_iters < self.iters_per_epoch * self.epochs:
+            text += f" (capped by train.max_iters={self.max_iters})"
+        return text
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: str | Path | bool | None = None):
+        self.config = config
+        train = config.train
+        if config.data.train is None:
+            raise ConfigError("data.train: no training data configured")
+        seed_everything(train.seed, train.deterministic)
+        self.device = resolve_device(train.device)
+        self.run_dir = Path(config.output)
+        self.weights_dir = self.run_dir / "weights"
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLogger(self.run_dir, tensorboard=train.tensorboard)
+
+        self.train_set = load_dataset(config.data.train, augment=config.data.augment, policy=config.data.policy, seed=train.seed)
+        self.category_map = self.train_set.category_map
+        self.val_set = (
+            load_dataset(config.data.val, self.category_map, policy=config.data.policy) if config.data.val else None
+        )
+        self.log.info(f"train data: {self.train_set.summary()}")
+        if self.val_set is not None:
+            self.log.info(f"val data: {self.val_set.summary()}")
+
+        # The number of classes comes from the data, never from a guess.
+        config.model.num_classes = len(self.category_map)
+        self.model = build_model(config).to(self.device)
+        self.loader = build_loader(
+            self.train_set, train.batch_size, train=True, workers=config.data.workers, seed=train.seed,
+            group_aspect_ratio=config.data.group_aspect_ratio, drop_last=train.drop_last,
+        )
+        self.accounting = Accounting(len(self.train_set), train.batch_size, train.drop_last, train.epochs, train.max_iters)
+        if self.accounting.iters_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size={train.batch_size} with drop_last leaves no batch from {len(self.train_set)} images"
+            )
+        self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained)
+        steps_per_epoch = math.ceil(self.accounting.iters_per_epoch / train.accumulate)
+        self.scheduler = build_scheduler(
+            self.optimizer, train.scheduler, math.ceil(self.accounting.total_iters / train.accumulate), steps_per_epoch
+        )
+        self.amp = train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+        self.epoch = 0  # epochs completed
+        self.iteration = 0  # iterations completed
+        self.batches_done_in_epoch = 0
+        self.best_ap = -1.0  # so the first evaluation always writes best.pt
+        self.metrics_history: list[dict] = []
+        if resume:
+            self.resume(self.weights_dir / "last.pt" if resume is True else Path(resume))
+        save_config(config, self.run_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, metrics: dict | None = None) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "batches_done_in_epoch": self.batches_done_in_epoch,
+            "best_ap": self.best_ap,
+            "rng": rng_states(),
+            "config": config_to_dict(self.config),
+            "categories": self.category_map.to_dict(),
+            "metrics": metrics or {},
+            "version": detector.__version__,
+        }
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.batches_done_in_epoch = state["batches_done_in_epoch"]
+        self.best_ap = state["best_ap"]
+        restore_rng_states(state["rng"])
+        self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, iteration {self.iteration}, "
+                      f"{self.batches_done_in_epoch} batches of this epoch done")
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict:
+        train = self.config.train
+        self.log.info(self.accounting.describe())
+        self.log.info(f"optimizer {train.optimizer.name}: " + ", ".join(
+            f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
+            for g in self.optimizer.param_groups))
+        self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
+        metrics: dict = {}
+        while self.iteration < self.accounting.total_iters:
+            epoch_losses = self.train_one_epoch()
+            self.epoch += 1
+            self.batches_done_in_epoch = 0
+            last_epoch = self.iteration >= self.accounting.total_iters
+            if self.val_set is not None and (self.epoch % train.eval_every == 0 or last_epoch):
+                metrics = self.evaluate()
+            self.end_epoch(epoch_losses, metrics if metrics.get("epoch") == self.epoch else {})
+        self.log.info(f"done: {self.iteration} iterations; weights in {self.weights_dir}")
+        self.log.close()
+        return metrics
+
+    def train_one_epoch(self) -> dict[str, float]:
+        train = self.config.train
+        self.model.train()
+        self.loader.set_epoch(self.epoch)
+        start_batch = self.batches_done_in_epoch
+        remaining = min(self.accounting.iters_per_epoch - start_batch, self.accounting.total_iters - self.iteration)
+        sums = {key: 0.0 for key in LOSS_KEYS}
+        count = 0
+        epoch_start = time.time()
+        progress = self.log.progress(remaining, f"epoch {self.epoch + 1}/{self.accounting.total_epochs}")
+        for batch_index, (images, targets) in enumerate(self.loader):
+            if batch_index < start_batch:
+                # Resuming mid-epoch: load (not train on) the batches already done, so the
+                # shuffling and augmentation random streams stay those of an uninterrupted run.
+                continue
+            if count == remaining:
+                break
+            images = [image.to(self.device, non_blocking=True) for image in images]
+            targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            with torch.autocast(self.device.type, enabled=self.amp):
+                losses = self.model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
+            (self.scaler.scale(loss) / train.accumulate).backward()
+
+            step_now = (self.iteration + 1) % train.accumulate == 0 or count + 1 == remaining
+            if step_now:
+                if train.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+
+            self.iteration += 1
+            self.batches_done_in_epoch = start_batch + count + 1
+            count += 1
+            for key in LOSS_KEYS:
+                sums[key] += losses[key].item()
+            lr = self.optimizer.param_groups[-1]["lr"]
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            if self.iteration % train.log_every == 0:
+                self.log.scalars({**{k: v.item() for k, v in losses.items()}, "loss": loss.item(), "lr": lr,
+                                  **self.model.rpn.last_sampled_counts, **self.model.roi_heads.last_sampled_counts},
+                                 self.iteration)
+            if train.checkpoint_every_iters and self.iteration % train.checkpoint_every_iters == 0:
+                save_checkpoint(self.state(), self.weights_dir / "last.pt")
+        progress.close()
+        means = {key: value / max(count, 1) for key, value in sums.items()}
+        means["loss"] = sum(means.values())
+        means["time"] = time.time() - epoch_start
+        return means
+
+    def describe_bad_batch(self, losses: dict, targets: list[dict]) -> str:
+        records = self.train_set.records
+        images = [f"{records[int(t['image_id'])].path} (id {records[int(t['image_id'])].image_id})" for t in targets]
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        return (f"non-finite loss at iteration {self.iteration + 1} (epoch {self.epoch + 1}): {values}; "
+                f"images: {'; '.join(images)}. Nothing was saved from this step; last.pt holds the previous epoch. "
+                "Try a lower train.optimizer.lr, a longer warm-up or train.clip_grad_norm.")
+
+    def evaluate(self) -> dict:
+        out_dir = self.run_dir / "eval"
+        metrics = evaluate_model(
+            self.model, self.val_set, self.device, out_dir, batch_size=self.config.train.batch_size,
+            workers=self.config.data.workers, draw=self.config.train.num_val_images_drawn,
+        )
+        metrics["epoch"] = self.epoch
+        self.log.info(f"epoch {self.epoch}: AP {_fmt(metrics['AP'])}  AP50 {_fmt(metrics['AP50'])}  AP75 {_fmt(metrics['AP75'])}")
+        return metrics
+
+    def end_epoch(self, losses: dict[str, float], metrics: dict) -> None:
+        is_best = bool(metrics) and (metrics["AP"] or 0.0) > self.best_ap
+        if is_best:
+            self.best_ap = metrics["AP"] or 0.0
+        state = self.state(metrics)
+        save_checkpoint(state, self.weights_dir / "last.pt")
+        if is_best:
+            save_checkpoint(state, self.weights_dir / "best.pt")
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the best epoch's
+        row = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.optimizer.param_groups[-1]["lr"],
+               **{k: round(v, 6) for k, v in losses.items() if k != "time"},
+               "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(losses["time"], 1)}
+        self.log.results_row(row)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
