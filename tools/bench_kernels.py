@@ -1,7 +1,9 @@
 """Benchmark detector.ops against torchvision: time, peak memory and exact equality.
 
     python tools/bench_kernels.py            # CUDA when available (Triton kernels), else CPU paths
-    python tools/bench_kernels.py --device cpu
+    python tools/bench_kernels.py --device cpu --threads 1
+    TRITON_INTERPRET=1 python tools/bench_kernels.py --suite gpu --backend triton --scale 100
+                                             # the GPU case list through Triton's interpreter
 
 Prints one table row per (op, size): our time and torchvision's, the speed-up, peak memory
 where it is measured, the largest |difference| of the outputs and whether they are equal.
@@ -81,27 +83,46 @@ def torchvision_match(gt, anchors, high=0.7, low=0.3):
 
 
 # ----------------------------------------------------------------------------- cases
-def cases(device: str):
-    """(op, size, make_inputs(seed) -> args, ours(*args), torchvision(*args)) for the device."""
-    cuda = device == "cuda"
-    backend = "triton" if cuda else "auto"
+SUITES = {  # sizes per op: the GPU targets, and what the CPU paths are checked at
+    "gpu": {
+        "box_iou": [(1000, 10_000), (2000, 50_000)],
+        "nms": [1000, 5000, 10_000, 50_000],
+        "batched_nms": [(2, 10_000), (4, 20_000), (8, 50_000)],  # (images, boxes), 80 classes
+        "match": [(243_000, 500), (250_000, 2000)],  # (anchors, GT)
+    },
+    "cpu": {
+        "box_iou": [(1000, 10_000)],
+        "nms": [1000, 10_000],
+        "batched_nms": [(2, 10_000)],
+        "match": [(200_000, 100)],
+    },
+}
+
+
+def cases(suite: str, device: str, backend: str, scale: int = 1):
+    """(op, size, make_inputs(seed) -> args, ours(*args), torchvision(*args)); ``scale``
+    divides every size (a quick run of the GPU suite through the interpreter, say)."""
+    sizes = SUITES[suite]
     rows = []
-    iou_sizes = [(1000, 10_000), (2000, 50_000)] if cuda else [(1000, 10_000)]
-    for n, m in iou_sizes:
+    for n, m in sizes["box_iou"]:
+        n, m = n // scale, m // scale
         rows.append((
             "box_iou", f"{n} x {m}",
             lambda seed, n=n, m=m: (detection_boxes(n, seed, device), detection_boxes(m, seed + 7, device)),
             lambda a, b: ops.box_iou(a, b, backend=backend),
             torchvision.ops.box_iou,
         ))
-    for count in [1000, 5000, 10_000, 50_000] if cuda else [1000, 10_000]:
+    for count in sizes["nms"]:
+        count //= scale
         rows.append((
             "nms 0.7", f"{count} boxes",
             lambda seed, count=count: (detection_boxes(count, seed, device), distinct_scores(count, seed, device), 0.7),
             lambda b, s, t: ops.nms(b, s, t, backend=backend),
             torchvision.ops.nms,
         ))
-    for images, count in [(2, 10_000), (4, 20_000), (8, 50_000)] if cuda else [(2, 10_000)]:
+    for images, count in sizes["batched_nms"]:
+        count //= scale
+
         def make(seed, images=images, count=count):
             generator = torch.Generator().manual_seed(seed)
             classes = torch.randint(0, 80, (count,), generator=generator).to(device)
@@ -111,9 +132,10 @@ def cases(device: str):
         rows.append((
             "batched_nms 0.5", f"{images} img x 80 cls, {count} boxes", make,
             lambda b, s, c, i, t: ops.batched_nms(b, s, c, t, backend=backend, image_idxs=i),
-            lambda b, s, c, i, t: per_image_batched_nms(b, s, c, i, t),
+            per_image_batched_nms,
         ))
-    for num_anchors, num_gt in [(243_000, 500), (250_000, 2000)] if cuda else [(200_000, 100)]:
+    for num_anchors, num_gt in sizes["match"]:
+        num_anchors, num_gt = num_anchors // scale, max(1, num_gt // scale)
         rows.append((
             "match", f"{num_anchors} x {num_gt}",
             lambda seed, a=num_anchors, g=num_gt: anchors_and_gt(a, g, seed, device),
@@ -189,10 +211,10 @@ def row(op, size, ours_ms, theirs_ms, ours_mb, theirs_mb, difference, equal) -> 
     )
 
 
-def run_table(device: str) -> None:
+def run_table(suite: str, device: str, backend: str, scale: int) -> None:
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
-    for op, size, make_inputs, ours, theirs in cases(device):
+    for op, size, make_inputs, ours, theirs in cases(suite, device, backend, scale):
         input_sets = [make_inputs(seed) for seed in range(INPUT_SETS)]
         difference, equal = compare(ours(*input_sets[0]), theirs(*input_sets[0]))
         if device == "cuda":
@@ -205,7 +227,7 @@ def run_table(device: str) -> None:
         del input_sets
         if device == "cuda":
             torch.cuda.empty_cache()
-    if device == "cpu":
+    if suite == "cpu" and device == "cpu" and scale == 1:
         cpu_match_memory()
 
 
@@ -225,22 +247,30 @@ def cpu_match_memory() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--suite", choices=["gpu", "cpu"], help="sizes to run (default: the device's)")
+    parser.add_argument("--backend", choices=["auto", "triton", "torchvision"], help="ours (default: triton on CUDA, auto on CPU)")
+    parser.add_argument("--scale", type=int, default=1, help="divide every size by this (quick checks)")
     parser.add_argument("--rss-of", nargs=3, metavar=("IMPL", "ANCHORS", "GT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_of:
         implementation, num_anchors, num_gt = args.rss_of
         measure_rss_in_this_process(implementation, int(num_anchors), int(num_gt))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU (torch threads: {torch.get_num_threads()})"
     try:
         import triton
 
         versions = f"torch {torch.__version__}, triton {triton.__version__}"
     except ImportError:
         versions = f"torch {torch.__version__}, no triton"
-    print(f"# detector.ops vs torchvision {torchvision.__version__} on {name} ({versions})\n")
-    run_table(device)
+    print(f"# detector.ops vs torchvision {torchvision.__version__} on {name}; {versions}\n")
+    suite = args.suite or ("gpu" if device == "cuda" else "cpu")
+    backend = args.backend or ("triton" if device == "cuda" else "auto")
+    run_table(suite, device, backend, args.scale)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ class RunLogger:
         self.log_file = open(self.run_dir / "train.log", "a") if enabled else None
         self.writer = None
         if tensorboard and enabled:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from detector.errors import ConfigError
 
+                raise ConfigError("train.tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def info(self, message: str) -> None:

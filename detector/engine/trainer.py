@@ -14,7 +14,6 @@ plots and validation images with predicted and true boxes.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -234,7 +233,7 @@ class Trainer:
             count += 1
             for key in LOSS_KEYS:
                 sums[key] += losses[key].item()
-            lr = self.optimizer.param_groups[-1]["lr"]
+            lr = self.base_lr()
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
             if self.iteration % train.log_every == 0:
@@ -248,6 +247,10 @@ class Trainer:
         means["loss"] = sum(means.values())
         means["time"] = time.time() - epoch_start
         return means
+
+    def base_lr(self) -> float:
+        """The current learning rate of the new layers (the backbone's is this x backbone_lr_mult)."""
+        return next(g["lr"] for g in self.optimizer.param_groups if not g["name"].startswith("backbone"))
 
     def describe_bad_batch(self, losses: dict, targets: list[dict]) -> str:
         records = self.train_set.records
@@ -276,7 +279,7 @@ class Trainer:
         if is_best:
             save_checkpoint(state, self.weights_dir / "best.pt")
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the best epoch's
-        row = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.optimizer.param_groups[-1]["lr"],
+        row = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.base_lr(),
                **{k: round(v, 6) for k, v in losses.items() if k != "time"},
                "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(losses["time"], 1)}
         self.log.results_row(row)

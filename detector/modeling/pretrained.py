@@ -31,17 +31,12 @@ class WeightsNotFoundError(DetectorError, FileNotFoundError):
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """The state dict in a local weights file: bare, or under a "state_dict" / "model" key."""
+    from detector.modeling.weights import read_state_dict
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"model.backbone.weights: no such file: {path}")
-    # weights_only: a file that carries code instead of tensors is refused.
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), or one under 'state_dict' / 'model'")
-    return data
+    return read_state_dict(path)
 
 
 def torchvision_cache_file(weights: WeightsEnum) -> Path:

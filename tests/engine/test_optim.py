@@ -1,5 +1,4 @@
 """Parameter groups, optimizers and schedules, with hand-computed learning rates."""
-import math
 
 import pytest
 import torch

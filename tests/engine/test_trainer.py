@@ -87,6 +87,18 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
     assert cli(["predict", "--weights", str(weights), str(tmp_path / "nothing_here")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
+    # a video in, an annotated video and per-frame detections out
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (160, 120))
+    for path in images[:1] * 3:
+        writer.write(cv2.resize(cv2.imread(str(path)), (160, 120)))
+    writer.release()
+    assert cli(["predict", "--weights", str(weights), str(video), "--out", str(tmp_path / "vid"), "--score-thresh", "0.0"]) == 0
+    frames = json.loads((tmp_path / "vid" / "predictions.json").read_text())[0]["frames"]
+    assert len(frames) == 3 and (tmp_path / "vid" / "clip.mp4").stat().st_size > 0
+
 
 def test_resume_mid_epoch_ends_with_the_same_weights(finished_run, tmp_path):
     """Stop a run inside its second epoch, resume it: the weights equal the uninterrupted run's."""

@@ -1,0 +1,101 @@
+"""Box ops used by the detector: one dispatch point per op.
+
+Every op takes ``backend="auto" | "triton" | "torchvision"`` (see backend.py): "auto" runs the
+Triton kernels of ``detector/ops/triton/`` on float32 CUDA tensors when triton imports, and
+otherwise torchvision's C++ ops (IoU, NMS) or a chunked pure-torch matcher. Every backend
+returns exactly what torchvision returns (same bits, same indices, same order); the few
+deliberate differences are listed in each docstring.
+"""
+import torch
+import torchvision
+from torch import Tensor
+
+from detector.ops.backend import triton_kernels, use_triton
+from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
+from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
+
+__all__ = [
+    "BELOW_LOW_THRESHOLD",
+    "BETWEEN_THRESHOLDS",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes_to_image",
+    "match",
+    "nms",
+    "remove_small_boxes",
+]
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str = "auto") -> Tensor:
+    """IoU matrix [N, M] of two sets of xyxy boxes, equal to ``torchvision.ops.box_iou``."""
+    if use_triton(backend, boxes1, boxes2):
+        return triton_kernels().box_iou(boxes1, boxes2)
+    return torchvision.ops.box_iou(boxes1, boxes2)
+
+
+def match(
+    gt_boxes: Tensor,
+    boxes: Tensor,
+    high: float = 0.7,
+    low: float = 0.3,
+    allow_low_quality: bool = True,
+    backend: str = "auto",
+) -> Tensor:
+    """Match every box to a ground-truth box, exactly as torchvision's
+    ``Matcher(high, low, allow_low_quality)(box_iou(gt_boxes, boxes))``.
+
+    Returns int64 [N]: the matched GT index where IoU >= high, -1 where IoU < low, -2 in
+    between; ties for a box's best GT go to the first GT. With ``allow_low_quality`` each GT's
+    best box(es), ties included, keep their best GT even below ``high``. torchvision's quirk is
+    kept: a GT that overlaps no box has best IoU 0, so every box with IoU 0 to it is one of its
+    "best boxes" and keeps its own best GT (GT 0 for a box that overlaps no GT at all).
+
+    Never builds the [G, N] IoU matrix: the Triton kernels recompute IoU tiles in registers,
+    the torch path ("torchvision" backend) works in chunks of boxes (matcher.py).
+    Differences from torchvision, which raises on empty inputs: no GT -> every box is -1
+    (background); no boxes -> an empty tensor.
+    """
+    if use_triton(backend, gt_boxes, boxes):
+        return triton_kernels().match(gt_boxes, boxes, high, low, allow_low_quality)
+    return match_chunked(gt_boxes, boxes, high, low, allow_low_quality)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "auto") -> Tensor:
+    """Indices of the boxes kept by greedy NMS, sorted by decreasing score: exactly
+    ``torchvision.ops.nms`` (equal scores keep input order, a box is suppressed only when its
+    IoU with a kept box is strictly above ``iou_threshold``, zero-area boxes suppress nothing)."""
+    if use_triton(backend, boxes):
+        return triton_kernels().nms(boxes, scores, iou_threshold)
+    return torchvision.ops.nms(boxes, scores, iou_threshold)
+
+
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float,
+    backend: str = "auto",
+    image_idxs: Tensor | None = None,
+) -> Tensor:
+    """NMS applied independently for each value of ``idxs`` (a class), as
+    ``torchvision.ops.batched_nms``: kept indices sorted by decreasing score.
+
+    ``image_idxs`` (optional, [N]) runs a whole batch in one call: boxes of different images
+    never suppress each other, and the result is sorted by image, then by decreasing score
+    (the per-image results concatenated). The Triton backend does it in one launch per kernel.
+
+    The Triton backend runs each class on its original coordinates, which is torchvision's
+    per-class definition; torchvision itself shifts classes apart for small inputs
+    (``_batched_nms_coordinate_trick``), and the shifted coordinates can round an IoU that
+    sits on the threshold to the other side.
+    """
+    if use_triton(backend, boxes):
+        return triton_kernels().batched_nms(boxes, scores, idxs, iou_threshold, image_idxs=image_idxs)
+    if image_idxs is None:
+        return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    kept = []
+    for image in torch.unique(image_idxs):  # per image, as torchvision's RoIHeads does
+        in_image = torch.nonzero(image_idxs == image).squeeze(1)
+        kept.append(in_image[torchvision.ops.batched_nms(boxes[in_image], scores[in_image], idxs[in_image], iou_threshold)])
+    return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
