@@ -7,6 +7,7 @@ seconds per iteration (batch 2). Prints a table; also checks both give the same 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -21,20 +22,35 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detector import build_model, load_config
-from detector.cli import read_image_rgb
+from detector.modeling.backbones.base import FrozenBatchNorm2d
+from detector.engine.predictor import read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
 
 
+def with_torchvision_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` whose frozen BatchNorms are torchvision's own FrozenBatchNorm2d (same
+    buffers): the backbone architecture as torchvision would run it."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, FrozenBatchNorm2d):
+                replacement = FrozenBatchNorm2d.__base__(child.weight.numel(), eps=child.eps)
+                replacement.load_state_dict(child.state_dict())
+                setattr(parent, name, replacement)
+    return module
+
+
 def torchvision_twin(ours) -> TorchvisionFasterRCNN:
-    """torchvision's FasterRCNN around the same backbone and box-head modules (shared), with our
-    settings and a copy of our weights."""
+    """torchvision's FasterRCNN with our settings and a copy of our weights, around a copy of our
+    backbone architecture built from torchvision's layers (FrozenBatchNorm2d) and the same box
+    head: detection code, norm layers and everything else are torchvision's."""
     rpn, roi, transform = ours.rpn, ours.roi_heads, ours.transform
     anchors = AnchorGenerator(
         tuple(tuple(s) for s in rpn.anchor_generator.sizes), tuple(tuple(r) for r in rpn.anchor_generator.aspect_ratios)
     )
     model = TorchvisionFasterRCNN(
-        ours.backbone,
+        with_torchvision_norms(ours.backbone),
         min_size=transform.min_size,
         max_size=transform.max_size,
         image_mean=list(transform.image_mean),
@@ -42,7 +58,7 @@ def torchvision_twin(ours) -> TorchvisionFasterRCNN:
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(ours.backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=len(rpn.head.conv)),
         box_roi_pool=MultiScaleRoIAlign(roi.box_roi_pool.featmap_names, roi.box_roi_pool.output_size, roi.box_roi_pool.sampling_ratio),
-        box_head=ours.roi_heads.box_head,
+        box_head=copy.deepcopy(ours.roi_heads.box_head),
         box_predictor=FastRCNNPredictor(ours.roi_heads.box_head.out_features, ours.num_classes + 1),
     )
     model.load_state_dict(ours.state_dict())
@@ -55,7 +71,7 @@ def load_samples(count: int):
     images, targets = [], []
     for image in data["images"][:count]:
         boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image["id"]]
-        images.append(read_image_rgb(DATA / image["file_name"]))
+        images.append(torch.from_numpy(read_image(DATA / image["file_name"])).permute(2, 0, 1).float() / 255)
         targets.append({
             "boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32),
             "labels": torch.ones(len(boxes), dtype=torch.int64),
@@ -97,6 +113,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (alternating order); medians reported")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if args.threads:
@@ -114,16 +131,18 @@ def main() -> None:
         )
 
     rows = []
-    # Interleave the two models and keep each one's best round, so a busy neighbour skews neither.
+    # Interleave the two models, alternating which goes first (the second runs on warmer caches),
+    # and take each one's median over the rounds: a busy neighbour or the order skews neither.
     inference = {"ours": [], "torchvision": []}
     training = {"ours": [], "torchvision": []}
-    for _ in range(2):
-        for name, model in (("ours", ours), ("torchvision", theirs)):
+    models = [("ours", ours), ("torchvision", theirs)]
+    for round_index in range(args.rounds):
+        for name, model in models if round_index % 2 == 0 else models[::-1]:
             inference[name].append(time_inference(model, images))
             torch.manual_seed(1)
             training[name].append(time_training(model, images, targets, args.iters))
     for what, results in (("inference s/image", inference), ("training s/iter (batch 2)", training)):
-        ours_t, theirs_t = min(results["ours"]), min(results["torchvision"])
+        ours_t, theirs_t = statistics.median(results["ours"]), statistics.median(results["torchvision"])
         rows.append((what, ours_t, theirs_t, theirs_t / ours_t))
 
     print(f"\nconfig {args.config} {' '.join(args.set)} | torch {torch.__version__}, torchvision {torchvision.__version__}, "

@@ -11,7 +11,8 @@ from functools import partial
 from typing import Callable, Iterable, Sequence
 
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+import torch.nn.functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
 
 from detector.errors import ConfigError
 from detector.modeling.backbones.fpn import FeaturePyramidNetwork
@@ -90,6 +91,15 @@ class Backbone(nn.Module):
         if self.fpn is not None:
             features = self.fpn(features)
         return features
+
+
+class FrozenBatchNorm2d(TorchvisionFrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same buffers, same state-dict keys, same result up to
+    float rounding), computed by one fused inference-mode batch_norm call instead of a scale and
+    a shift pass over the activations: on the CPU it saves a full pass per norm layer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 def batch_norm_layer(frozen: bool, eps: float = 1e-5, momentum: float = 0.1) -> Callable[[int], nn.Module]:
