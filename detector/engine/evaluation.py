@@ -46,8 +46,15 @@ def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, w
 
 
 def ground_truth_entries(dataset) -> list[dict]:
-    return [
-        {"file_name": str(r.path), "width": r.width, "height": r.height, "boxes": r.boxes, "labels": r.labels,
-         "iscrowd": r.iscrowd, "image_id": r.image_id}
-        for r in dataset.records
-    ]
+    """Records as the evaluator's ground truth. COCO keeps its own image ids (so predictions.json
+    also scores against the original annotation file); VOC / YOLO ids are file stems, numbered
+    from 1 instead."""
+    entries = []
+    for index, r in enumerate(dataset.records):
+        image_id = r.image_id if isinstance(r.image_id, int) else index + 1
+        entries.append({"file_name": str(r.path), "width": r.width, "height": r.height, "boxes": r.boxes,
+                        "labels": r.labels, "iscrowd": r.iscrowd, "image_id": image_id})
+    if len({e["image_id"] for e in entries}) != len(entries):  # mixed ids: number them all
+        for index, entry in enumerate(entries):
+            entry["image_id"] = index + 1
+    return entries

@@ -133,7 +133,6 @@ class Trainer:
         self.iteration = 0  # iterations completed
         self.batches_done_in_epoch = 0
         self.best_ap = -1.0  # so the first evaluation always writes best.pt
-        self.metrics_history: list[dict] = []
         if resume:
             self.resume(self.weights_dir / "last.pt" if resume is True else Path(resume))
         save_config(config, self.run_dir / "config.yaml")
