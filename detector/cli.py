@@ -64,14 +64,14 @@ def train(args) -> int:
     from detector.engine.trainer import Trainer
 
     metrics = Trainer(load_config(args.config, args.overrides), resume=args.resume).fit()
-    if metrics:
+    if metrics and metrics["AP"] is not None:
         print(f"val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
     return 0
 
 
 def evaluate(args) -> int:
     from detector import load_config
-    from detector.data import load_dataset
+    from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
     from detector.engine.predictor import Predictor
 
@@ -79,8 +79,6 @@ def evaluate(args) -> int:
     if config.data.val is None:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
-    from detector.data import CategoryMap
-
     predictor = Predictor.from_checkpoint(args.weights, device=config.train.device)
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
@@ -88,7 +86,8 @@ def evaluate(args) -> int:
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=config.train.num_val_images_drawn)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
-        print(f"{key:<6} {metrics[key]:.4f}")
+        value = metrics[key]
+        print(f"{key:<6} {value:.4f}" if value is not None else f"{key:<6} n/a (no ground truth of that size)")
     for name, ap in metrics["per_class"].items():
         print(f"  {name:<20} AP {ap:.4f}" if ap is not None else f"  {name:<20} no ground truth")
     print(f"wrote metrics.json, predictions.json, ground_truth.json to {out}")
