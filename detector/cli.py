@@ -71,6 +71,7 @@ def train(args) -> int:
 
 def evaluate(args) -> int:
     from detector import load_config
+    from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
     from detector.engine.predictor import Predictor
@@ -79,12 +80,15 @@ def evaluate(args) -> int:
     if config.data.val is None:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
+    check_data_paths(config.data)
     predictor = Predictor.from_checkpoint(args.weights, device=config.train.device)
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out = Path(args.out or Path(config.output) / "eval")
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=config.train.num_val_images_drawn)
+    for sample in metrics["skipped_images"]:
+        print(f"WARNING: {sample}; left out of the metrics", file=sys.stderr)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         value = metrics[key]
         print(f"{key:<6} {value:.4f}" if value is not None else f"{key:<6} n/a (no ground truth of that size)")

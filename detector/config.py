@@ -1,5 +1,6 @@
 """Typed configuration: dataclasses with the defaults, YAML files with `_base_` inheritance,
-and dotted `key=value` overrides from the command line.
+and dotted `key=value` overrides from the command line. Keys and types are checked here, value
+ranges in `config_checks.py`.
 
 The defaults here are the default model: EfficientNet-Lite0 (ImageNet), one stride-16 map,
 the paper's 9 anchors per location. `configs/_base_/lite0.yaml` spells them out with comments.
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from detector.config_checks import check_config
 from detector.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -193,7 +195,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for override in overrides:
         key, value = _parse_override(override)
         _set_dotted(raw, key, value)
-    return _build(Config, raw, "", str(path or "<defaults>"))
+    config = _build(Config, raw, "", str(path or "<defaults>"))
+    check_config(config, str(path or "<defaults>"))
+    return config
 
 
 def config_to_dict(config: Any) -> dict:
@@ -209,7 +213,9 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
-    return _build(Config, data, "", source)
+    config = _build(Config, data, "", source)
+    check_config(config, source)
+    return config
 
 
 def save_config(config: Config, path: str | Path) -> None:

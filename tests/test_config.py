@@ -87,3 +87,47 @@ def test_torchvision_recipes_equal_the_builders(path, name):
     ours = config_to_dict(load_config(CONFIGS / path, ["model.backbone.pretrained=false", "model.num_classes=90"]))
     theirs = config_to_dict(torchvision_config(name))
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.optimizer.lr=-0.01", r"train.optimizer.lr must be > 0, got -0.01"),
+        ("train.optimizer.lr=0", r"train.optimizer.lr must be > 0"),
+        ("model.rpn.fg_iou_thresh=1.5", r"model.rpn.fg_iou_thresh must be an IoU in 0..1, got 1.5"),
+        ("model.roi_heads.nms_thresh=-0.1", r"model.roi_heads.nms_thresh must be an IoU in 0..1"),
+        ("model.rpn.bg_iou_thresh=0.8", r"model.rpn.bg_iou_thresh \(0.8\) must not be above model.rpn.fg_iou_thresh \(0.7\)"),
+        ("model.roi_heads.bg_iou_thresh=0.6", r"model.roi_heads.bg_iou_thresh \(0.6\) must not be above model.roi_heads.fg_iou_thresh"),
+        ("model.transform.min_size=2000", r"model.transform.min_size \(2000\) must not be above model.transform.max_size"),
+        ("train.batch_size=0", r"train.batch_size must be >= 1, got 0"),
+        ("train.optimizer.name=adagrad", r"train.optimizer.name must be sgd, adam, adamw or rmsprop, got 'adagrad'"),
+        ("train.optimizer.momentum=1.0", r"train.optimizer.momentum must be in 0..1 \(1 excluded\)"),
+        ("train.scheduler.milestones=[0.9, 0.5]", r"train.scheduler.milestones must be increasing fractions"),
+        ("train.clip_grad_norm=-1", r"train.clip_grad_norm must be > 0 \(or null for no clipping\)"),
+        ("train.device=gpu", r"train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("data.policy=lenient", r"data.policy must be skip or strict, got 'lenient'"),
+        ("data.train={format: cocoa}", r"data.train.format must be one of coco, voc, yolo, synthetic, got 'cocoa'"),
+        ("model.anchors.aspect_ratios=[[0.5, 1.0], [1.0]]", r"model.anchors.sizes has 1 lists but model.anchors.aspect_ratios has 2"),
+        ("model.anchors.sizes=[[0, 64]]", r"model.anchors.sizes must be one non-empty list of sizes > 0 per feature map"),
+    ],
+)
+def test_out_of_range_values_name_the_dotted_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_missing_data_path_is_named_with_its_key(tmp_path):
+    from detector.config_checks import check_data_paths
+    from detector.engine.trainer import Trainer
+
+    config = load_config(None, [f"data.train={{format: coco, annotations: {tmp_path / 'none.json'}}}",
+                                f"output={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=f"data.train.annotations: file not found: {tmp_path / 'none.json'}"):
+        Trainer(config)
+    (tmp_path / "a.json").write_text("{}")
+    config = load_config(None, [f"data.val={{format: coco, annotations: {tmp_path / 'a.json'}, images: {tmp_path / 'imgs'}}}"])
+    with pytest.raises(ConfigError, match=f"data.val.images: folder not found: {tmp_path / 'imgs'}"):
+        check_data_paths(config.data)
+    config = load_config(None, [f"data.val={{format: voc, root: {tmp_path / 'VOC'}}}"])
+    with pytest.raises(ConfigError, match="data.val.root: folder not found: .*VOC"):
+        check_data_paths(config.data)

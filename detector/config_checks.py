@@ -1,0 +1,166 @@
+"""Value checks for a typed config: ranges and choices, named by their dotted key.
+
+`config.py` already checked every key and type; these rules catch what types cannot (a negative
+learning rate, an IoU threshold of 7, background above foreground) before a model is built,
+so a bad value fails in a second with its key instead of as NaN an hour into training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from detector.errors import ConfigError
+
+BACKBONES = ("efficientnet_lite0", "resnet50", "mobilenet_v3_large", "mobilenet_v2")
+FORMATS = ("coco", "voc", "yolo", "synthetic")
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _unit(v: Any) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or rule(v)
+
+
+# (dotted key, rule, what the rule asks for). Keys under data.train / data.val are checked
+# only for the splits that are set.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("model.num_classes", _at_least(1), "an integer >= 1"),
+    ("model.backbone.name", _one_of(*BACKBONES), f"one of {', '.join(BACKBONES)}"),
+    ("model.backbone.trainable_layers", _at_least(0), ">= 0"),
+    ("model.backbone.fpn_channels", _at_least(1), ">= 1"),
+    ("model.transform.min_size", _at_least(1), ">= 1 (pixels)"),
+    ("model.transform.max_size", _at_least(1), ">= 1 (pixels)"),
+    ("model.transform.size_divisible", _at_least(1), ">= 1"),
+    ("model.transform.image_std", _optional(lambda v: all(s > 0 for s in v)), "three values > 0 (or null)"),
+    ("model.anchors.sizes", lambda v: len(v) > 0 and all(len(s) > 0 and all(x > 0 for x in s) for s in v),
+     "one non-empty list of sizes > 0 per feature map"),
+    ("model.anchors.aspect_ratios", lambda v: len(v) > 0 and all(len(r) > 0 and all(x > 0 for x in r) for r in v),
+     "one non-empty list of ratios > 0 per feature map"),
+    ("model.rpn.fg_iou_thresh", _unit, "an IoU in 0..1"),
+    ("model.rpn.bg_iou_thresh", _unit, "an IoU in 0..1"),
+    ("model.rpn.batch_size_per_image", _at_least(1), ">= 1"),
+    ("model.rpn.positive_fraction", _unit, "a fraction in 0..1"),
+    ("model.rpn.pre_nms_top_n_train", _at_least(1), ">= 1"),
+    ("model.rpn.pre_nms_top_n_test", _at_least(1), ">= 1"),
+    ("model.rpn.post_nms_top_n_train", _at_least(1), ">= 1"),
+    ("model.rpn.post_nms_top_n_test", _at_least(1), ">= 1"),
+    ("model.rpn.nms_thresh", _unit, "an IoU in 0..1"),
+    ("model.rpn.score_thresh", _unit, "a probability in 0..1"),
+    ("model.rpn.min_box_size", _at_least(0), ">= 0 (pixels)"),
+    ("model.rpn.conv_depth", _at_least(1), ">= 1"),
+    ("model.roi_heads.fg_iou_thresh", _unit, "an IoU in 0..1"),
+    ("model.roi_heads.bg_iou_thresh", _unit, "an IoU in 0..1"),
+    ("model.roi_heads.batch_size_per_image", _at_least(1), ">= 1"),
+    ("model.roi_heads.positive_fraction", _unit, "a fraction in 0..1"),
+    ("model.roi_heads.box_reg_weights", lambda v: all(w > 0 for w in v), "four weights > 0"),
+    ("model.roi_heads.pool_size", _at_least(1), ">= 1"),
+    ("model.roi_heads.head", _one_of("two_fc", "conv"), "two_fc or conv"),
+    ("model.roi_heads.representation_size", _at_least(1), ">= 1"),
+    ("model.roi_heads.conv_layers", lambda v: all(c >= 1 for c in v), "channel counts >= 1"),
+    ("model.roi_heads.score_thresh", _unit, "a probability in 0..1"),
+    ("model.roi_heads.nms_thresh", _unit, "an IoU in 0..1"),
+    ("model.roi_heads.detections_per_img", _at_least(1), ">= 1"),
+    ("data.train.format", _one_of(*FORMATS), f"one of {', '.join(FORMATS)}"),
+    ("data.val.format", _one_of(*FORMATS), f"one of {', '.join(FORMATS)}"),
+    ("data.train.num_images", _at_least(1), ">= 1"),
+    ("data.val.num_images", _at_least(1), ">= 1"),
+    ("data.augment.hflip", _unit, "a probability in 0..1"),
+    ("data.augment.scale", lambda v: 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    ("data.augment.brightness", _at_least(0), ">= 0 (0 = off)"),
+    ("data.augment.contrast", _at_least(0), ">= 0 (0 = off)"),
+    ("data.augment.saturation", _at_least(0), ">= 0 (0 = off)"),
+    ("data.augment.hue", lambda v: 0 <= v <= 0.5, "in 0..0.5 (a fraction of the hue circle)"),
+    ("data.workers", _at_least(0), ">= 0"),
+    ("data.policy", _one_of("skip", "strict"), "skip or strict"),
+    ("train.epochs", _at_least(1), ">= 1"),
+    ("train.batch_size", _at_least(1), ">= 1"),
+    ("train.max_iters", _optional(_at_least(1)), ">= 1 (or null)"),
+    ("train.optimizer.name", _one_of("sgd", "adam", "adamw", "rmsprop"), "sgd, adam, adamw or rmsprop"),
+    ("train.optimizer.lr", _positive, "> 0"),
+    ("train.optimizer.backbone_lr_mult", _at_least(0), ">= 0 (0 freezes the backbone's weights in place)"),
+    ("train.optimizer.momentum", lambda v: 0 <= v < 1, "in 0..1 (1 excluded)"),
+    ("train.optimizer.betas", lambda v: all(0 <= b < 1 for b in v), "two values in 0..1 (1 excluded)"),
+    ("train.optimizer.weight_decay", _at_least(0), ">= 0"),
+    ("train.scheduler.name", _one_of("multistep", "step", "cosine", "constant"), "multistep, step, cosine or constant"),
+    ("train.scheduler.milestones", lambda v: all(0 < m <= 1 for m in v) and list(v) == sorted(v),
+     "increasing fractions of the run in 0..1"),
+    ("train.scheduler.step_size", lambda v: 0 < v <= 1, "a fraction of the run in 0..1"),
+    ("train.scheduler.gamma", _positive, "> 0"),
+    ("train.scheduler.min_lr_factor", _unit, "in 0..1"),
+    ("train.scheduler.warmup_iters", _at_least(0), ">= 0"),
+    ("train.scheduler.warmup_factor", lambda v: 0 < v <= 1, "in 0..1 (0 excluded)"),
+    ("train.scheduler.per", _one_of("iter", "epoch"), "iter or epoch"),
+    ("train.clip_grad_norm", _optional(_positive), "> 0 (or null for no clipping)"),
+    ("train.accumulate", _at_least(1), ">= 1"),
+    ("train.seed", _at_least(0), ">= 0"),
+    ("train.device", lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
+     "auto, cpu, cuda or cuda:N"),
+    ("train.eval_every", _at_least(1), ">= 1"),
+    ("train.checkpoint_every_iters", _optional(_at_least(1)), ">= 1 (or null)"),
+    ("train.log_every", _at_least(1), ">= 1"),
+    ("train.num_val_images_drawn", _at_least(0), ">= 0"),
+]
+
+# Pairs that must be ordered: (lower key, higher key).
+ORDERED = [
+    ("model.transform.min_size", "model.transform.max_size"),
+    ("model.rpn.bg_iou_thresh", "model.rpn.fg_iou_thresh"),
+    ("model.roi_heads.bg_iou_thresh", "model.roi_heads.fg_iou_thresh"),
+]
+
+
+def check_config(config: Any, source: str) -> None:
+    """Raise a ConfigError naming the source and the dotted key of the first value out of range."""
+    for key, rule, requirement in RULES:
+        found, value = _lookup(config, key)
+        if found and not rule(value):
+            raise ConfigError(f"{source}: {key} must be {requirement}, got {value!r}")
+    for low_key, high_key in ORDERED:
+        low, high = _lookup(config, low_key)[1], _lookup(config, high_key)[1]
+        if low > high:
+            raise ConfigError(f"{source}: {low_key} ({low}) must not be above {high_key} ({high})")
+    model = config.model
+    if len(model.anchors.sizes) != len(model.anchors.aspect_ratios):
+        raise ConfigError(f"{source}: model.anchors.sizes has {len(model.anchors.sizes)} lists but "
+                          f"model.anchors.aspect_ratios has {len(model.anchors.aspect_ratios)}; one of each per feature map")
+
+
+def _lookup(config: Any, key: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key; not found when a section on the way is unset (None)."""
+    node = config
+    for part in key.split("."):
+        if node is None:
+            return False, None
+        node = getattr(node, part)
+    return True, node
+
+
+def check_data_paths(data: Any) -> None:
+    """Raise a ConfigError naming the dotted key and the path of a dataset file or folder that
+    does not exist (checked when data is about to be read, not at config load)."""
+    for split in ("train", "val"):
+        dataset = getattr(data, split)
+        if dataset is None or dataset.format == "synthetic":  # drawn on first use
+            continue
+        for key, kind in (("annotations", "file"), ("images", "folder"), ("root", "folder")):
+            value = getattr(dataset, key)
+            if value is None:
+                continue
+            path = Path(value).expanduser()
+            exists = path.is_file() if kind == "file" else path.is_dir()
+            if not exists:
+                raise ConfigError(f"data.{split}.{key}: {kind} not found: {path.resolve()}")
