@@ -1,6 +1,7 @@
 """The torch dataset over ImageRecords, and `load_dataset`, which picks the reader for a config."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,32 +27,67 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def read_record_image(record: ImageRecord) -> np.ndarray:
+    """The record's image, checked against the size its boxes were annotated on."""
+    image = read_image(record.path)
+    height, width = image.shape[:2]
+    if (width, height) != (record.width, record.height):
+        raise DataError(f"{record.path}: image is {width}x{height} but its record (image id "
+                        f"{record.image_id!r}) says {record.width}x{record.height}; its boxes would be wrong")
+    return image
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """What `DetectionDataset[i]` returns instead of a sample when its image cannot be decoded
+    (a file that changed or broke after the load-time check) and unreadable images are skipped.
+    The loader drops it from the batch and keeps it in `loader.skipped`."""
+
+    index: int
+    path: str
+    image_id: int | str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} (image id {self.image_id!r}) skipped: {self.reason}"
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """`dataset[i] -> (image [3,H,W] float 0..1 RGB, {"boxes": float32 [N,4] xyxy,
     "labels": int64 [N] in 1..K, "image_id": i})`. Crowd / difficult boxes are left out of the
-    target; they stay in `records` for evaluation."""
+    target; they stay in `records` for evaluation.
+
+    An image that cannot be decoded raises a `DataError` naming it, or, with
+    `skip_unreadable` (data.policy "skip"), comes back as a `SkippedSample`."""
 
     def __init__(self, records: list[ImageRecord], category_map: CategoryMap,
-                 report: DatasetReport | None = None, transform: Transform | None = None) -> None:
+                 report: DatasetReport | None = None, transform: Transform | None = None,
+                 skip_unreadable: bool = False) -> None:
         self.records = list(records)
         self.category_map = category_map
         self.report = report
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | SkippedSample:
         record = self.records[index]
-        image = read_image(record.path)
-        height, width = image.shape[:2]
-        if (width, height) != (record.width, record.height):
-            raise DataError(f"{record.path}: image is {width}x{height} but its record (image id "
-                            f"{record.image_id!r}) says {record.width}x{record.height}; its boxes would be wrong")
+        try:
+            image = read_record_image(record)
+        except DataError as error:
+            if not self.skip_unreadable:
+                raise
+            return SkippedSample(index, str(record.path), record.image_id, str(error))
         train = ~record.iscrowd
         boxes, labels = record.boxes[train], record.labels[train]
         if self.transform is not None:
-            image, boxes, labels = self.transform(image, boxes, labels)
+            try:
+                image, boxes, labels = self.transform(image, boxes, labels)
+            except Exception as error:  # name the sample; a bug here must not look like bad data
+                raise RuntimeError(f"{record.path} (image id {record.image_id!r}): augmentation failed: "
+                                   f"{type(error).__name__}: {error}") from error
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
@@ -107,7 +143,8 @@ def load_dataset(config: DatasetConfig, category_map: CategoryMap | None = None,
 
     `category_map`: the training set's, so a validation set gets the same labels (a class it
     does not know is an error). `augment`: training augmentation (None for validation).
-    `policy`: "skip" reports bad boxes/images and goes on; "strict" raises a `DataError` listing
+    `policy`: "skip" reports bad boxes/images and goes on (an image that fails to decode later,
+    mid-epoch, is skipped and reported by the loader); "strict" raises a `DataError` listing
     every box, annotation or image that would be lost. `verify_images`: read every image header
     at load time (missing / unreadable / mis-sized files are found before training starts).
     """
@@ -116,4 +153,4 @@ def load_dataset(config: DatasetConfig, category_map: CategoryMap | None = None,
     records, category_map, report = read_records(config, category_map, verify_images=verify_images)
     raise_if_strict(report, policy)
     transform = build_augmentation(augment, train=augment is not None, seed=seed)
-    return DetectionDataset(records, category_map, report, transform)
+    return DetectionDataset(records, category_map, report, transform, skip_unreadable=policy == "skip")

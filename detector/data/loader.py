@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from detector.data.dataset import SkippedSample
+
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of dataset indices.
@@ -85,10 +87,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return batches
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """[(image, target), ...] -> ([images], [targets]): the model takes lists (sizes differ)."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict], list[SkippedSample]]:
+    """[(image, target) or SkippedSample, ...] -> ([images], [targets], [skipped]): the model
+    takes lists (sizes differ); samples whose image could not be decoded are set apart."""
+    skipped = [sample for sample in batch if isinstance(sample, SkippedSample)]
+    good = [sample for sample in batch if not isinstance(sample, SkippedSample)]
+    images, targets = zip(*good) if good else ((), ())
+    return list(images), list(targets), skipped
 
 
 def seed_worker(worker_id: int) -> None:
@@ -104,11 +109,16 @@ def seed_worker(worker_id: int) -> None:
 
 class DetectionLoader(DataLoader):
     """A DataLoader with `set_epoch(epoch)`: the batch order and the augmentation seeds of an
-    epoch depend only on (seed, epoch), so a resumed run sees the same data."""
+    epoch depend only on (seed, epoch), so a resumed run sees the same data.
+
+    It yields `(images, targets)`. A sample whose image fails to decode (in a worker or not) is
+    left out of its batch, which may then be shorter or empty, and appended to `skipped`, so
+    one bad file neither kills a long run nor hangs a worker, and the caller can say which."""
 
     def __init__(self, *args, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.skipped: list[SkippedSample] = []
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
@@ -120,7 +130,9 @@ class DetectionLoader(DataLoader):
             # No worker processes: seed the augmentation here, from the same generator the
             # workers' seeds come from.
             self.dataset.reseed(int(torch.empty((), dtype=torch.int64).random_(generator=self.generator)) % 2**32)
-        return super().__iter__()
+        for images, targets, skipped in super().__iter__():
+            self.skipped += skipped
+            yield images, targets
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, seed: int = 0,

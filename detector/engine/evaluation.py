@@ -12,28 +12,39 @@ from detector.engine.plots import draw_detections, plot_pr_curves
 
 
 @torch.no_grad()
-def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, workers: int = 0) -> list[dict]:
-    """Detections for every record of `dataset`, in record order, in original image pixels."""
+def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, workers: int = 0
+                    ) -> tuple[list[dict | None], list]:
+    """(detections for every record of `dataset`, in record order, in original image pixels,
+    the SkippedSamples whose image could not be decoded: their detections are None)."""
     model.eval()
     loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0, group_aspect_ratio=False, drop_last=False)
     predictions: list[dict | None] = [None] * len(dataset)
     for images, targets in loader:
+        if not images:
+            continue
         outputs = model([image.to(device) for image in images])
         for target, output in zip(targets, outputs):
             predictions[int(target["image_id"])] = {k: v.cpu() for k, v in output.items()}
-    return predictions
+    return predictions, loader.skipped
 
 
 def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, workers: int = 0, draw: int = 0) -> dict:
     """COCO metrics of `model` on `dataset`; writes metrics/predictions/ground truth JSON, the
-    per-class PR curves and `draw` images with predicted and true boxes into `out_dir`."""
+    per-class PR curves and `draw` images with predicted and true boxes into `out_dir`.
+    `metrics["skipped_images"]` lists the images that failed to decode (not scored)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = predict_dataset(model, dataset, device, batch_size, workers)
+    predictions, skipped = predict_dataset(model, dataset, device, batch_size, workers)
+    # An image that could not be decoded is left out of the ground truth as well: scoring it as
+    # "nothing detected" would report a worse model than the one trained.
+    scored = [i for i, p in enumerate(predictions) if p is not None]
     categories = dataset.category_map
-    metrics = evaluate(ground_truth_entries(dataset), predictions, list(zip(categories.ids, categories.names)), out_dir)
+    entries = ground_truth_entries(dataset)
+    metrics = evaluate([entries[i] for i in scored], [predictions[i] for i in scored],
+                       list(zip(categories.ids, categories.names)), out_dir)
+    metrics["skipped_images"] = [str(sample) for sample in skipped]
     plot_pr_curves(metrics.pop("pr_curves"), categories.names, out_dir / "pr_curves.png")
-    for index in range(min(draw, len(dataset))):
+    for index in scored[:draw]:
         record = dataset.records[index]
         image, _ = dataset[index]
         draw_detections(

@@ -31,6 +31,9 @@ class RunLogger:
         self.log_file.write(message + "\n")
         self.log_file.flush()
 
+    def warning(self, message: str) -> None:
+        self.info(f"WARNING: {message}")
+
     def progress(self, total: int, description: str) -> tqdm:
         return tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, disable=not self.enabled, leave=False,
                     mininterval=1.0 if sys.stderr.isatty() else 30.0)

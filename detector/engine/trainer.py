@@ -26,6 +26,7 @@ import torch
 
 import detector
 from detector.config import Config, config_to_dict, save_config
+from detector.config_checks import check_data_paths
 from detector.data import build_loader, load_dataset
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from detector.engine.evaluation import evaluate_model
@@ -93,6 +94,7 @@ class Trainer:
         train = config.train
         if config.data.train is None:
             raise ConfigError("data.train: no training data configured")
+        check_data_paths(config.data)
         seed_everything(train.seed, train.deterministic)
         self.device = resolve_device(train.device)
         self.run_dir = Path(config.output)
@@ -133,6 +135,7 @@ class Trainer:
         self.iteration = 0  # iterations completed
         self.batches_done_in_epoch = 0
         self.best_ap = -1.0  # so the first evaluation always writes best.pt
+        self.skipped_reported = 0  # samples of self.loader.skipped already logged
         if resume:
             self.resume(self.weights_dir / "last.pt" if resume is True else Path(resume))
         save_config(config, self.run_dir / "config.yaml")
@@ -198,54 +201,77 @@ class Trainer:
         start_batch = self.batches_done_in_epoch
         remaining = min(self.accounting.iters_per_epoch - start_batch, self.accounting.total_iters - self.iteration)
         sums = {key: 0.0 for key in LOSS_KEYS}
-        count = 0
+        count = losses_counted = 0
         epoch_start = time.time()
         progress = self.log.progress(remaining, f"epoch {self.epoch + 1}/{self.accounting.total_epochs}")
         for batch_index, (images, targets) in enumerate(self.loader):
             if batch_index < start_batch:
                 # Resuming mid-epoch: load (not train on) the batches already done, so the
                 # shuffling and augmentation random streams stay those of an uninterrupted run.
+                self.skipped_reported = len(self.loader.skipped)  # reported before the interruption
                 continue
             if count == remaining:
                 break
-            images = [image.to(self.device, non_blocking=True) for image in images]
-            targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(self.device.type, enabled=self.amp):
-                losses = self.model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
-            (self.scaler.scale(loss) / train.accumulate).backward()
+            self.report_skipped()
+            if images:
+                images = [image.to(self.device, non_blocking=True) for image in images]
+                targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    losses = self.model(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
+                (self.scaler.scale(loss) / train.accumulate).backward()
+            else:  # every image of the batch failed to decode: an iteration without a loss
+                losses = None
 
             step_now = (self.iteration + 1) % train.accumulate == 0 or count + 1 == remaining
             if step_now:
-                if train.clip_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
+                self.optimizer_step()
 
             self.iteration += 1
             self.batches_done_in_epoch = start_batch + count + 1
             count += 1
-            for key in LOSS_KEYS:
-                sums[key] += losses[key].item()
-            lr = self.base_lr()
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-            if self.iteration % train.log_every == 0:
-                self.log.scalars({**{k: v.item() for k, v in losses.items()}, "loss": loss.item(), "lr": lr,
-                                  **self.model.rpn.last_sampled_counts, **self.model.roi_heads.last_sampled_counts},
-                                 self.iteration)
+            if losses is not None:
+                losses_counted += 1
+                for key in LOSS_KEYS:
+                    sums[key] += losses[key].item()
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.base_lr():.2e}")
+                if self.iteration % train.log_every == 0:
+                    self.log.scalars({**{k: v.item() for k, v in losses.items()}, "loss": loss.item(), "lr": self.base_lr(),
+                                      **self.model.rpn.last_sampled_counts, **self.model.roi_heads.last_sampled_counts},
+                                     self.iteration)
             if train.checkpoint_every_iters and self.iteration % train.checkpoint_every_iters == 0:
                 save_checkpoint(self.state(), self.weights_dir / "last.pt")
         progress.close()
-        means = {key: value / max(count, 1) for key, value in sums.items()}
+        means = {key: value / max(losses_counted, 1) for key, value in sums.items()}
         means["loss"] = sum(means.values())
         means["time"] = time.time() - epoch_start
         return means
+
+    def optimizer_step(self) -> None:
+        """clip -> step -> zero_grad -> scheduler.step, in that order."""
+        has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
+        if has_grads:  # none when every batch since the last step was unreadable
+            if self.config.train.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule follows iterations, even one without a loss
+
+    def report_skipped(self) -> None:
+        """Log the samples the loader skipped since the last call and list them in the run folder."""
+        new = self.loader.skipped[self.skipped_reported:]
+        if not new:
+            return
+        self.skipped_reported = len(self.loader.skipped)
+        with open(self.run_dir / "skipped_images.txt", "a") as listing:
+            for sample in new:
+                self.log.warning(f"iteration {self.iteration + 1}: {sample}")
+                listing.write(f"epoch {self.epoch + 1} iteration {self.iteration + 1}: {sample}\n")
 
     def base_lr(self) -> float:
         """The current learning rate of the new layers (the backbone's is this x backbone_lr_mult)."""
@@ -266,6 +292,8 @@ class Trainer:
             workers=self.config.data.workers, draw=self.config.train.num_val_images_drawn,
         )
         metrics["epoch"] = self.epoch
+        for sample in metrics["skipped_images"]:
+            self.log.warning(f"validation: {sample}; left out of the metrics")
         self.log.info(f"epoch {self.epoch}: AP {_fmt(metrics['AP'])}  AP50 {_fmt(metrics['AP50'])}  AP75 {_fmt(metrics['AP75'])}")
         return metrics
 
