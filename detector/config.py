@@ -165,6 +165,9 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     clip_grad_norm: float | None = 10.0  # max gradient L2 norm; null = no clipping
+    non_finite: str = "stop"  # a NaN/inf loss: stop (report and exit) | rollback (to last.pt, lower lr)
+    max_rollbacks: int = 3  # non_finite: rollback: give up (stop) after this many
+    rollback_lr_factor: float = 0.5  # non_finite: rollback: lr *= this at each rollback
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     amp: bool = False  # mixed precision (CUDA only)
     seed: int = 0

@@ -8,7 +8,8 @@
 
 It prints the accounting first (N images, batch B -> iterations per epoch = ceil(N / B), or
 floor(N / B) with drop_last; total iterations), stops on a non-finite loss with the iteration,
-the losses and the images at fault (saving nothing), writes `last.pt` every epoch (atomically),
+the losses and the images at fault (saving nothing), or rolls back to `last.pt` with a lower
+learning rate (`non_finite: rollback`, at most `max_rollbacks` times), writes `last.pt` every epoch (atomically),
 `best.pt` by validation AP, and keeps the run folder: config.yaml, results.csv, metrics.json,
 plots and validation images with predicted and true boxes.
 """
@@ -136,6 +137,7 @@ class Trainer:
         self.batches_done_in_epoch = 0
         self.best_ap = -1.0  # so the first evaluation always writes best.pt
         self.skipped_reported = 0  # samples of self.loader.skipped already logged
+        self.rollbacks = 0  # non-finite losses rolled back so far (train.non_finite: rollback)
         if resume:
             self.resume(self.weights_dir / "last.pt" if resume is True else Path(resume))
         save_config(config, self.run_dir / "config.yaml")
@@ -152,6 +154,7 @@ class Trainer:
             "iteration": self.iteration,
             "batches_done_in_epoch": self.batches_done_in_epoch,
             "best_ap": self.best_ap,
+            "rollbacks": self.rollbacks,
             "rng": rng_states(),
             "config": config_to_dict(self.config),
             "categories": self.category_map.to_dict(),
@@ -168,6 +171,7 @@ class Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.batches_done_in_epoch = state["batches_done_in_epoch"]
         self.best_ap = state["best_ap"]
+        self.rollbacks = state.get("rollbacks", 0)
         restore_rng_states(state["rng"])
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, iteration {self.iteration}, "
                       f"{self.batches_done_in_epoch} batches of this epoch done")
@@ -182,8 +186,14 @@ class Trainer:
             for g in self.optimizer.param_groups))
         self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
         metrics: dict = {}
+        if train.non_finite == "rollback" and not (self.weights_dir / "last.pt").exists():
+            save_checkpoint(self.state(), self.weights_dir / "last.pt")  # something to roll back to
         while self.iteration < self.accounting.total_iters:
-            epoch_losses = self.train_one_epoch()
+            try:
+                epoch_losses = self.train_one_epoch()
+            except NonFiniteLossError as error:
+                self.roll_back(error)
+                continue
             self.epoch += 1
             self.batches_done_in_epoch = 0
             last_epoch = self.iteration >= self.accounting.total_iters
@@ -250,6 +260,26 @@ class Trainer:
         means["time"] = time.time() - epoch_start
         return means
 
+    def roll_back(self, error: NonFiniteLossError) -> None:
+        """`non_finite: rollback`: reload last.pt and go on with the learning rate times
+        `rollback_lr_factor`; re-raise when rollback is off or `max_rollbacks` are used up."""
+        train = self.config.train
+        if train.non_finite != "rollback":
+            raise error
+        if self.rollbacks >= train.max_rollbacks:
+            raise NonFiniteLossError(f"{error} Gave up after {self.rollbacks} rollbacks (train.max_rollbacks).") from None
+        done = self.rollbacks + 1
+        self.resume(self.weights_dir / "last.pt")  # sets self.rollbacks to the checkpoint's count
+        factor = train.rollback_lr_factor ** (done - self.rollbacks)
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            group["initial_lr"] *= factor
+        self.optimizer.zero_grad(set_to_none=True)
+        self.rollbacks = done
+        self.log.warning(f"{error} Rolled back to last.pt (iteration {self.iteration}) with the learning rate x"
+                         f"{train.rollback_lr_factor ** done:g} (rollback {done} of {train.max_rollbacks}).")
+
     def optimizer_step(self) -> None:
         """clip -> step -> zero_grad -> scheduler.step, in that order."""
         has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
@@ -282,8 +312,8 @@ class Trainer:
         images = [f"{records[int(t['image_id'])].path} (id {records[int(t['image_id'])].image_id})" for t in targets]
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         return (f"non-finite loss at iteration {self.iteration + 1} (epoch {self.epoch + 1}): {values}; "
-                f"images: {'; '.join(images)}. Nothing was saved from this step; last.pt holds the previous epoch. "
-                "Try a lower train.optimizer.lr, a longer warm-up or train.clip_grad_norm.")
+                f"images: {'; '.join(images)}. Nothing was saved from this step; last.pt holds the last saved state. "
+                "Try a lower train.optimizer.lr, a longer warm-up, train.clip_grad_norm or train.non_finite=rollback.")
 
     def evaluate(self) -> dict:
         out_dir = self.run_dir / "eval"

@@ -138,3 +138,42 @@ def test_non_finite_loss_stops_with_the_iteration_and_images(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at iteration 1 \(epoch 1\): .*loss_box_reg=nan.*images: .*\.jpg"):
         trainer.fit()
     assert not (tmp_path / "run" / "weights" / "last.pt").exists()
+
+
+def poison_forward(trainer, at_iterations, once=False):
+    """Make the loss infinite when the trainer's forward runs at one of `at_iterations`
+    (0-based); `once`: each of them only the first time."""
+    forward, poisoned = trainer.model.forward, []
+
+    def maybe_nan(images, targets=None):
+        losses = forward(images, targets)
+        if trainer.iteration in at_iterations and trainer.model.training:
+            poisoned.append(trainer.iteration)
+            if once:
+                at_iterations.discard(trainer.iteration)
+            losses["loss_classifier"] = losses["loss_classifier"] * float("inf")
+        return losses
+
+    trainer.model.forward = maybe_nan
+    return poisoned
+
+
+def test_rollback_reloads_last_checkpoint_with_a_lower_learning_rate(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.rollback_lr_factor=0.25"))
+    base_lrs = list(trainer.scheduler.base_lrs)
+    poisoned = poison_forward(trainer, at_iterations={4}, once=True)
+    trainer.fit()
+    assert poisoned == [4] and trainer.iteration == 6 and trainer.rollbacks == 1
+    assert trainer.scheduler.base_lrs == pytest.approx([lr * 0.25 for lr in base_lrs])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "non-finite loss at iteration 5 (epoch 2)" in log
+    assert "Rolled back to last.pt (iteration 3) with the learning rate x0.25 (rollback 1 of 3)" in log
+    assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt")["rollbacks"] == 1
+
+
+def test_rollback_gives_up_after_max_rollbacks(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.max_rollbacks=2"))
+    poisoned = poison_forward(trainer, at_iterations={0, 1, 2, 3, 4, 5})
+    with pytest.raises(NonFiniteLossError, match=r"iteration 1 \(epoch 1\).*Gave up after 2 rollbacks"):
+        trainer.fit()
+    assert poisoned == [0, 0, 0]  # rolled back twice to the state saved before training
