@@ -93,6 +93,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, np.int64).reshape(-1)),
             "image_id": index,
+            "file": str(record.path),  # named by warnings about this image (e.g. matching out of memory)
         }
         return tensor, target
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector import ops
+from detector.ops.fallback import match_with_fallback
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.roi_pooler import RoIPooler
 from detector.modeling.sampler import sample_balanced
@@ -126,7 +127,7 @@ class ROIHeads(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         sampled_proposals, sampled_labels, regression_targets = [], [], []
         positives = negatives = 0
-        for image_proposals, target in zip(proposals, targets):
+        for index, (image_proposals, target) in enumerate(zip(proposals, targets)):
             gt_boxes = target["boxes"].to(image_proposals.dtype)
             gt_labels = target["labels"]
             # The GT boxes themselves are proposals too: the head always sees perfect examples.
@@ -136,7 +137,8 @@ class ROIHeads(nn.Module):
                 labels = torch.zeros_like(matched)
                 gt_boxes = image_proposals.new_zeros((1, 4))
             else:
-                matches = ops.match(gt_boxes, image_proposals, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality=False)
+                matches = match_with_fallback(gt_boxes, image_proposals, self.fg_iou_thresh, self.bg_iou_thresh,
+                                              allow_low_quality=False, image=target.get("file", index))
                 matched = matches.clamp(min=0)
                 labels = gt_labels[matched].to(torch.int64)
                 labels[matches == ops.BELOW_LOW_THRESHOLD] = 0

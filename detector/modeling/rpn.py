@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector import ops
+from detector.ops.fallback import match_with_fallback
 from detector.modeling.anchors import AnchorGenerator
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.sampler import sample_balanced
@@ -119,13 +120,14 @@ class RegionProposalNetwork(nn.Module):
     def label_anchors(self, anchors: Tensor, targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
         """Per image: labels (1 object, 0 background, -1 ignored) and regression targets of every anchor."""
         labels, regression_targets = [], []
-        for target in targets:
+        for index, target in enumerate(targets):
             gt_boxes = target["boxes"]
             if gt_boxes.numel() == 0:  # a negative image: every anchor is background
                 labels.append(torch.zeros(anchors.shape[0], dtype=torch.float32, device=anchors.device))
                 regression_targets.append(torch.zeros_like(anchors))
                 continue
-            matched = ops.match(gt_boxes, anchors, self.fg_iou_thresh, self.bg_iou_thresh, allow_low_quality=True)
+            matched = match_with_fallback(gt_boxes, anchors, self.fg_iou_thresh, self.bg_iou_thresh,
+                                          allow_low_quality=True, image=target.get("file", index))
             image_labels = (matched >= 0).to(torch.float32)
             image_labels[matched == ops.BETWEEN_THRESHOLDS] = -1.0
             labels.append(image_labels)
