@@ -170,6 +170,7 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5  # non_finite: rollback: lr *= this at each rollback
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     amp: bool = False  # mixed precision (CUDA only)
+    channels_last: bool = True  # NHWC memory layout for the convolutions: faster on CPU (oneDNN) and CUDA
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -16,8 +16,10 @@ from detector.modeling.faster_rcnn import build_model
 
 
 class Predictor:
-    def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device):
-        self.model = model.to(device).eval()
+    def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device,
+                 channels_last: bool = True):
+        memory_format = torch.channels_last if channels_last else torch.preserve_format  # NHWC: faster convolutions
+        self.model = model.to(device, memory_format=memory_format).eval()
         self.category_ids = list(category_ids)
         self.category_names = list(category_names)
         self.device = device
@@ -38,7 +40,7 @@ class Predictor:
         model = build_model(config)
         model.load_state_dict(state["model"])
         categories = state["categories"]
-        return cls(model, categories["ids"], categories["names"], resolve_device(device))
+        return cls(model, categories["ids"], categories["names"], resolve_device(device), config.train.channels_last)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:

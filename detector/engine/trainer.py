@@ -114,7 +114,8 @@ class Trainer:
 
         # The number of classes comes from the data, never from a guess.
         config.model.num_classes = len(self.category_map)
-        self.model = build_model(config).to(self.device)
+        memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+        self.model = build_model(config).to(self.device, memory_format=memory_format)
         self.loader = build_loader(
             self.train_set, train.batch_size, train=True, workers=config.data.workers, seed=train.seed,
             group_aspect_ratio=config.data.group_aspect_ratio, drop_last=train.drop_last,
