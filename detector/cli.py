@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue a stopped run (default: <output>/weights/last.pt)")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N processes on this machine (DDP through torchrun: one per GPU, "
+                            "or CPU processes with gloo); for several machines run torchrun yourself")
 
     evaluate = commands.add_parser("eval", help="COCO mAP of a checkpoint on the config's val set")
     evaluate.add_argument("config", help="YAML config naming data.val")
@@ -61,12 +64,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args) -> int:
     from detector import load_config
+    from detector.engine.distributed import is_main, launched_by_torchrun, shutdown
     from detector.engine.trainer import Trainer
 
-    metrics = Trainer(load_config(args.config, args.overrides), resume=args.resume).fit()
-    if metrics and metrics["AP"] is not None:
+    if args.nproc < 1:
+        raise SystemExit("detector train: --nproc must be >= 1")
+    if args.nproc > 1 and not launched_by_torchrun():
+        return launch_torchrun(args)
+
+    try:
+        metrics = Trainer(load_config(args.config, args.overrides), resume=args.resume).fit()
+        main = is_main()
+    finally:
+        shutdown()
+    if main and metrics and metrics["AP"] is not None:
         print(f"val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
     return 0
+
+
+def launch_torchrun(args) -> int:
+    """Re-run this `detector train` under torchrun with `args.nproc` processes on this machine."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "detector.cli", "train", args.config, *args.overrides]
+    if args.resume is not None:
+        command += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
+    print("launching: " + " ".join(command), flush=True)
+    return subprocess.run(command).returncode
 
 
 def evaluate(args) -> int:

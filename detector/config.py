@@ -135,7 +135,8 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "sgd"  # sgd | adam | adamw | rmsprop
-    lr: float = 0.01  # base learning rate (the new layers: RPN, ROI heads, FPN)
+    lr: float = 0.08  # learning rate of the new layers (RPN, ROI heads, FPN) for lr_reference_batch images per step
+    lr_reference_batch: int | None = 16  # linear scaling: lr * (processes x batch x accumulate) / this; null = lr as given
     backbone_lr_mult: float = 1.0  # pretrained backbone layers learn at lr * this
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd
@@ -170,6 +171,7 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5  # non_finite: rollback: lr *= this at each rollback
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     amp: bool = False  # mixed precision (CUDA only)
+    sync_bn: bool = False  # several processes: trainable BatchNorm2d layers share batch statistics (SyncBatchNorm)
     channels_last: bool = True  # NHWC memory layout for the convolutions: faster on CPU (oneDNN) and CUDA
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower)

@@ -91,6 +91,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.max_iters", _optional(_at_least(1)), ">= 1 (or null)"),
     ("train.optimizer.name", _one_of("sgd", "adam", "adamw", "rmsprop"), "sgd, adam, adamw or rmsprop"),
     ("train.optimizer.lr", _positive, "> 0"),
+    ("train.optimizer.lr_reference_batch", _optional(_at_least(1)), ">= 1 (or null for no scaling)"),
     ("train.optimizer.backbone_lr_mult", _at_least(0), ">= 0 (0 freezes the backbone's weights in place)"),
     ("train.optimizer.momentum", lambda v: 0 <= v < 1, "in 0..1 (1 excluded)"),
     ("train.optimizer.betas", lambda v: all(0 <= b < 1 for b in v), "two values in 0..1 (1 excluded)"),

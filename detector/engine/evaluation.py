@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from detector.data import build_loader
+from detector.engine import distributed
 from detector.engine.evaluator import evaluate
 from detector.engine.plots import draw_detections, plot_pr_curves
 
@@ -15,26 +16,46 @@ from detector.engine.plots import draw_detections, plot_pr_curves
 def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, workers: int = 0
                     ) -> tuple[list[dict | None], list]:
     """(detections for every record of `dataset`, in record order, in original image pixels,
-    the SkippedSamples whose image could not be decoded: their detections are None)."""
+    the SkippedSamples whose image could not be decoded: their detections are None).
+
+    With several processes each predicts its share of the batches and rank 0 gathers them all
+    (the others get None). The batches are the single-process ones (images [k*B, (k+1)*B)),
+    dealt out by rank: every image is predicted once, padded with the same neighbours, so the
+    detections equal a single-process run's."""
     model.eval()
-    loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0, group_aspect_ratio=False, drop_last=False)
-    predictions: list[dict | None] = [None] * len(dataset)
+    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+    mine = [i for batch in batches[distributed.rank()::distributed.world_size()] for i in batch]
+    subset = dataset if len(mine) == len(dataset) else torch.utils.data.Subset(dataset, mine)
+    loader = build_loader(subset, batch_size, train=False, workers=workers, seed=0, group_aspect_ratio=False, drop_last=False)
+    predictions: dict[int, dict] = {}
     for images, targets in loader:
         if not images:
             continue
         outputs = model([image.to(device) for image in images])
         for target, output in zip(targets, outputs):
             predictions[int(target["image_id"])] = {k: v.cpu() for k, v in output.items()}
-    return predictions, loader.skipped
+    gathered = distributed.gather_to_main((predictions, loader.skipped))
+    if gathered is None:
+        return None, []
+    merged: list[dict | None] = [None] * len(dataset)
+    for part, _ in gathered:
+        for index, output in part.items():
+            merged[index] = output
+    return merged, [sample for _, skipped in gathered for sample in skipped]
 
 
 def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, workers: int = 0, draw: int = 0) -> dict:
     """COCO metrics of `model` on `dataset`; writes metrics/predictions/ground truth JSON, the
     per-class PR curves and `draw` images with predicted and true boxes into `out_dir`.
-    `metrics["skipped_images"]` lists the images that failed to decode (not scored)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    `metrics["skipped_images"]` lists the images that failed to decode (not scored).
+    With several processes all of them predict, rank 0 scores and writes, all get the metrics."""
     predictions, skipped = predict_dataset(model, dataset, device, batch_size, workers)
+    metrics = score_and_write(dataset, predictions, skipped, Path(out_dir), draw) if distributed.is_main() else None
+    return distributed.broadcast_from_main(metrics)
+
+
+def score_and_write(dataset, predictions: list[dict | None], skipped: list, out_dir: Path, draw: int) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
     # An image that could not be decoded is left out of the ground truth as well: scoring it as
     # "nothing detected" would report a worse model than the one trained.
     scored = [i for i, p in enumerate(predictions) if p is not None]

@@ -8,6 +8,7 @@ either at every iteration or only at epoch boundaries (`per: epoch`, StepLR-styl
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -47,7 +48,22 @@ def parameter_groups(model: nn.Module, cfg: OptimizerConfig, backbone_pretrained
     return result
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, backbone_pretrained: bool = True) -> torch.optim.Optimizer:
+def scaled_learning_rate(cfg: OptimizerConfig, images_per_step: int) -> tuple[float, str]:
+    """The linear scaling rule (Goyal et al. 2017): `cfg.lr` is tuned for `lr_reference_batch`
+    images per optimizer step; with `images_per_step` (processes x batch x accumulate) the
+    learning rate is scaled in proportion. Returns (lr, a sentence saying how it was chosen)."""
+    if cfg.lr_reference_batch is None:
+        return cfg.lr, "train.optimizer.lr as given (lr_reference_batch: null, no scaling)"
+    lr = cfg.lr * images_per_step / cfg.lr_reference_batch
+    return lr, (f"train.optimizer.lr {cfg.lr:g} per {cfg.lr_reference_batch} images x {images_per_step} images per "
+                f"step / {cfg.lr_reference_batch} (linear scaling rule; lr_reference_batch: null turns it off)")
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, backbone_pretrained: bool = True,
+                    lr: float | None = None) -> torch.optim.Optimizer:
+    """`lr`: the learning rate to use (default `cfg.lr`; the trainer passes the scaled one)."""
+    if lr is not None:
+        cfg = dataclasses.replace(cfg, lr=lr)
     groups = parameter_groups(model, cfg, backbone_pretrained)
     name = cfg.name.lower()
     if name == "sgd":

@@ -32,7 +32,8 @@ from detector.data import build_loader, load_dataset
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from detector.engine.evaluation import evaluate_model
 from detector.engine.logger import RunLogger
-from detector.engine.optim import build_optimizer, build_scheduler
+from detector.engine import distributed
+from detector.engine.optim import build_optimizer, build_scheduler, scaled_learning_rate
 from detector.errors import ConfigError, DetectorError
 from detector.modeling.faster_rcnn import build_model
 
@@ -46,14 +47,19 @@ class NonFiniteLossError(DetectorError):
 @dataclass
 class Accounting:
     num_images: int
-    batch_size: int
+    batch_size: int  # per process
     drop_last: bool
     epochs: int
     max_iters: int | None
+    world_size: int = 1  # processes; each sees ceil(N / world_size) images per epoch (the sampler pads)
+
+    @property
+    def images_per_process(self) -> int:
+        return math.ceil(self.num_images / self.world_size)
 
     @property
     def iters_per_epoch(self) -> int:
-        whole, rest = divmod(self.num_images, self.batch_size)
+        whole, rest = divmod(self.images_per_process, self.batch_size)
         return whole if self.drop_last or rest == 0 else whole + 1
 
     @property
@@ -66,9 +72,15 @@ class Accounting:
         return math.ceil(self.total_iters / self.iters_per_epoch)
 
     def describe(self) -> str:
-        rule = f"floor({self.num_images} / {self.batch_size})" if self.drop_last else f"ceil({self.num_images} / {self.batch_size})"
-        text = (f"{self.num_images} training images, batch {self.batch_size} -> {self.iters_per_epoch} iterations per epoch "
-                f"({rule}{', drop_last' if self.drop_last else ''}); {self.total_epochs} epochs -> {self.total_iters} iterations")
+        n, b = self.images_per_process, self.batch_size
+        rule = f"floor({n} / {b})" if self.drop_last else f"ceil({n} / {b})"
+        if self.world_size == 1:
+            text = f"{self.num_images} training images, batch {b}"
+        else:
+            text = (f"{self.num_images} training images over {self.world_size} processes -> ceil({self.num_images} / "
+                    f"{self.world_size}) = {n} per process; batch {b} per process, global batch {b * self.world_size}")
+        text += (f" -> {self.iters_per_epoch} iterations per epoch ({rule}{', drop_last' if self.drop_last else ''}); "
+                 f"{self.total_epochs} epochs -> {self.total_iters} iterations")
         if self.max_iters and self.max_iters < self.iters_per_epoch * self.epochs:
             text += f" (capped by train.max_iters={self.max_iters})"
         return text
@@ -96,12 +108,14 @@ class Trainer:
         if config.data.train is None:
             raise ConfigError("data.train: no training data configured")
         check_data_paths(config.data)
-        seed_everything(train.seed, train.deterministic)
-        self.device = resolve_device(train.device)
+        self.device = distributed.init_distributed(train.device)  # one process of torchrun, or the only one
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        seed_everything(train.seed + self.rank, train.deterministic)  # DDP copies rank 0's initial weights
         self.run_dir = Path(config.output)
         self.weights_dir = self.run_dir / "weights"
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLogger(self.run_dir, tensorboard=train.tensorboard)
+        if distributed.is_main():  # only rank 0 writes the run folder
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLogger(self.run_dir, tensorboard=train.tensorboard, enabled=distributed.is_main())
 
         self.train_set = load_dataset(config.data.train, augment=config.data.augment, policy=config.data.policy, seed=train.seed)
         self.category_map = self.train_set.category_map
@@ -116,16 +130,26 @@ class Trainer:
         config.model.num_classes = len(self.category_map)
         memory_format = torch.channels_last if train.channels_last else torch.preserve_format
         self.model = build_model(config).to(self.device, memory_format=memory_format)
+        if train.sync_bn and self.world_size > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # trainable BatchNorm2d only
+        # The model that trains: DistributedDataParallel averages the gradients over processes.
+        self.train_model = distributed.wrap_model(self.model, self.device)
+        shard = distributed.shard_sampler(len(self.train_set), train.seed)  # None with one process
         self.loader = build_loader(
-            self.train_set, train.batch_size, train=True, workers=config.data.workers, seed=train.seed,
-            group_aspect_ratio=config.data.group_aspect_ratio, drop_last=train.drop_last,
+            self.train_set, train.batch_size, train=True, workers=config.data.workers,
+            seed=train.seed + 100_003 * self.rank,  # each process its own augmentation stream
+            group_aspect_ratio=config.data.group_aspect_ratio, drop_last=train.drop_last, sampler=shard,
         )
-        self.accounting = Accounting(len(self.train_set), train.batch_size, train.drop_last, train.epochs, train.max_iters)
+        self.accounting = Accounting(len(self.train_set), train.batch_size, train.drop_last, train.epochs,
+                                     train.max_iters, self.world_size)
         if self.accounting.iters_per_epoch == 0:
             raise ConfigError(
-                f"train.batch_size={train.batch_size} with drop_last leaves no batch from {len(self.train_set)} images"
+                f"train.batch_size={train.batch_size} with drop_last leaves no batch from "
+                f"{self.accounting.images_per_process} images per process"
             )
-        self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained)
+        images_per_step = self.world_size * train.batch_size * train.accumulate
+        self.lr, self.lr_rule = scaled_learning_rate(train.optimizer, images_per_step)
+        self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained, lr=self.lr)
         steps_per_epoch = math.ceil(self.accounting.iters_per_epoch / train.accumulate)
         self.scheduler = build_scheduler(
             self.optimizer, train.scheduler, math.ceil(self.accounting.total_iters / train.accumulate), steps_per_epoch
@@ -139,9 +163,10 @@ class Trainer:
         self.best_ap = -1.0  # so the first evaluation always writes best.pt
         self.skipped_reported = 0  # samples of self.loader.skipped already logged
         self.rollbacks = 0  # non-finite losses rolled back so far (train.non_finite: rollback)
-        if resume:
+        if resume:  # every process loads the same file
             self.resume(self.weights_dir / "last.pt" if resume is True else Path(resume))
-        save_config(config, self.run_dir / "config.yaml")
+        if distributed.is_main():
+            save_config(config, self.run_dir / "config.yaml")
 
     # ------------------------------------------------------------------ state
 
@@ -181,14 +206,18 @@ class Trainer:
 
     def fit(self) -> dict:
         train = self.config.train
+        if self.world_size > 1:
+            self.log.info(f"distributed: {self.world_size} processes ({distributed.backend()}), batch "
+                          f"{train.batch_size} per process, global batch {self.world_size * train.batch_size}")
         self.log.info(self.accounting.describe())
+        self.log.info(f"learning rate {self.lr:g}: {self.lr_rule}")
         self.log.info(f"optimizer {train.optimizer.name}: " + ", ".join(
             f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
             for g in self.optimizer.param_groups))
         self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
         metrics: dict = {}
         if train.non_finite == "rollback" and not (self.weights_dir / "last.pt").exists():
-            save_checkpoint(self.state(), self.weights_dir / "last.pt")  # something to roll back to
+            self.save(self.state(), "last.pt")  # something to roll back to
         while self.iteration < self.accounting.total_iters:
             try:
                 epoch_losses = self.train_one_epoch()
@@ -203,6 +232,7 @@ class Trainer:
             self.end_epoch(epoch_losses, metrics if metrics.get("epoch") == self.epoch else {})
         self.log.info(f"done: {self.iteration} iterations; weights in {self.weights_dir}")
         self.log.close()
+        distributed.barrier()  # no process leaves (and may tear down the group) before rank 0 has saved
         return metrics
 
     def train_one_epoch(self) -> dict[str, float]:
@@ -212,7 +242,7 @@ class Trainer:
         start_batch = self.batches_done_in_epoch
         remaining = min(self.accounting.iters_per_epoch - start_batch, self.accounting.total_iters - self.iteration)
         sums = {key: 0.0 for key in LOSS_KEYS}
-        count = losses_counted = 0
+        count = losses_counted = images_seen = 0
         epoch_start = time.time()
         progress = self.log.progress(remaining, f"epoch {self.epoch + 1}/{self.accounting.total_epochs}")
         for batch_index, (images, targets) in enumerate(self.loader):
@@ -228,11 +258,16 @@ class Trainer:
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
                 with torch.autocast(self.device.type, enabled=self.amp):
-                    losses = self.model(images, targets)
+                    losses = self.train_model(images, targets)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
+                # Every process must take the same branch: one NaN anywhere stops (or rolls back) all.
+                if not distributed.all_true(bool(torch.isfinite(loss)), self.device):
                     raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
                 (self.scaler.scale(loss) / train.accumulate).backward()
+                images_seen += len(images)
+            elif self.world_size > 1:  # the other processes wait for this one's gradients
+                raise DetectorError(f"process {self.rank}: no image of the batch could be read "
+                                    f"({'; '.join(str(s) for s in self.loader.skipped[-train.batch_size:])})")
             else:  # every image of the batch failed to decode: an iteration without a loss
                 losses = None
 
@@ -254,11 +289,13 @@ class Trainer:
                                       **self.model.rpn.last_sampled_counts, **self.model.roi_heads.last_sampled_counts},
                                      self.iteration)
             if train.checkpoint_every_iters and self.iteration % train.checkpoint_every_iters == 0:
-                save_checkpoint(self.state(), self.weights_dir / "last.pt")
+                self.save(self.state(), "last.pt")
         progress.close()
         means = {key: value / max(losses_counted, 1) for key, value in sums.items()}
+        means = distributed.mean_over_processes(means, self.device)  # the losses of the global batch
         means["loss"] = sum(means.values())
         means["time"] = time.time() - epoch_start
+        means["images_per_s"] = distributed.sum_over_processes(images_seen, self.device) / max(means["time"], 1e-9)
         return means
 
     def roll_back(self, error: NonFiniteLossError) -> None:
@@ -285,7 +322,7 @@ class Trainer:
         """clip -> step -> zero_grad -> scheduler.step, in that order."""
         has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
         if has_grads:  # none when every batch since the last step was unreadable
-            if self.config.train.clip_grad_norm:
+            if self.config.train.clip_grad_norm:  # on the averaged gradients under DDP
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_grad_norm)
             self.scaler.step(self.optimizer)
@@ -333,14 +370,21 @@ class Trainer:
         if is_best:
             self.best_ap = metrics["AP"] or 0.0
         state = self.state(metrics)
-        save_checkpoint(state, self.weights_dir / "last.pt")
+        self.save(state, "last.pt")
         if is_best:
-            save_checkpoint(state, self.weights_dir / "best.pt")
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the best epoch's
+            self.save(state, "best.pt")
+            if distributed.is_main():
+                (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the best epoch's
         row = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.base_lr(),
-               **{k: round(v, 6) for k, v in losses.items() if k != "time"},
-               "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(losses["time"], 1)}
+               **{k: round(v, 6) for k, v in losses.items() if k in LOSS_KEYS or k == "loss"},
+               "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(losses["time"], 1),
+               "images_per_s": round(losses["images_per_s"], 2)}
         self.log.results_row(row)
+
+    def save(self, state: dict, name: str) -> None:
+        """A checkpoint in weights/, written by rank 0 only."""
+        if distributed.is_main():
+            save_checkpoint(state, self.weights_dir / name)
 
 
 def _fmt(value: float | None) -> str:
