@@ -54,7 +54,7 @@ def test_accounting_with_several_processes():
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path):
+def test_two_cpu_processes_train_in_step_evaluate_like_one_and_resume(tmp_path):
     config = tiny_config(tmp_path, "run", "data.val={format: synthetic, root: %s, num_images: 5, seed: 1, split: val}"
                          % (tmp_path / "synthetic"), "model.roi_heads.score_thresh=0.0")  # detections from a young model
     save_config(config, tmp_path / "config.yaml")
@@ -95,6 +95,20 @@ def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path):
     gathered = json.loads((run / "eval" / "predictions.json").read_text())
     assert len({d["image_id"] for d in gathered}) == 5  # every val image, each once
     assert gathered == json.loads((tmp_path / "single" / "predictions.json").read_text())  # the same detections
+
+    # --resume: every process loads the same last.pt and the run goes on in step.
+    save_config(tiny_config(tmp_path, "run", "train.epochs=3", "data.val=null"), tmp_path / "longer.yaml")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(WORKER), str(tmp_path / "longer.yaml"), str(tmp_path), "--resume"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["iteration"] for r in resumed] == [6, 6]  # 4 done + 2 more (2 per epoch per process)
+    for key, value in resumed[0]["model"].items():
+        assert torch.equal(value, resumed[1]["model"][key]), key
+    assert not torch.equal(resumed[0]["model"]["roi_heads.box_predictor.cls_score.weight"],
+                           ranks[0]["model"]["roi_heads.box_predictor.cls_score.weight"])  # it trained on
+    assert (run / "train.log").read_text().count("resumed from") == 1  # rank 0 logs, once
 
 
 def predictor_categories(predictor):
