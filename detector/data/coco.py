@@ -3,13 +3,19 @@
 bbox [x, y, w, h] becomes xyxy [x, y, x + w, y + h]. Crowd annotations stay in the record with
 iscrowd=True (left out of the training target; COCO evaluation ignores detections on them).
 Images without annotations are kept as negatives. Categories map to labels 1..K in id order.
+
+`file_name` is relative to the images folder and may not leave it ('..' or a symlink out of
+it: the image is skipped and reported, see paths.py); an absolute `file_name` is the user's
+explicit choice and is used as it is.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from detector.data.paths import escapes_root
 from detector.data.records import (
     SKIPPED_ANNOTATION,
     SKIPPED_IMAGE,
@@ -19,6 +25,7 @@ from detector.data.records import (
     ImageRecord,
     check_image,
     make_record,
+    read_text,
 )
 
 
@@ -40,13 +47,16 @@ def read_coco(
 
     categories = _categories(data, path)
     annotations_list = _list(data, "annotations", path, required=False)
-    used_ids = {a.get("category_id") for a in annotations_list if isinstance(a, dict)}
+    used_ids = {a.get("category_id") for a in annotations_list if isinstance(a, dict) and _is_key(a.get("category_id"))}
     category_map, label_of_id = _map_categories(categories, category_map, used_ids, path, report)
 
     entries: dict[Any, dict] = {}  # image id -> image entry (first of duplicates)
     for index, image in enumerate(_list(data, "images", path)):
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise DataError(f"{path}: images[{index}] needs 'id' and 'file_name', got {image!r}")
+        if not _is_key(image["id"]) or not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise DataError(f"{path}: images[{index}] needs an integer or string 'id' and a 'file_name' string, "
+                            f"got {image!r}")
         if image["id"] in entries:
             report.add(SKIPPED_IMAGE, path, f"image id {image['id']}",
                        f"duplicate image id (images[{index}], {image['file_name']}); the first one is kept")
@@ -58,27 +68,30 @@ def read_coco(
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotations[{index}] is not an object: {ann!r}")
         where = f"annotation id {ann.get('id', f'[{index}]')}"
-        if ann.get("image_id") not in entries:
+        if not _is_key(ann.get("image_id")) or ann.get("image_id") not in entries:
             report.add(SKIPPED_ANNOTATION, path, where, f"image id {ann.get('image_id')!r} is not in 'images'")
             continue
-        if ann.get("category_id") not in label_of_id:
+        if not _is_key(ann.get("category_id")) or ann.get("category_id") not in label_of_id:
             report.add(SKIPPED_ANNOTATION, path, where,
                        f"category id {ann.get('category_id')!r} is not in 'categories'")
             continue
         box = ann.get("bbox")
-        try:
-            x, y, w, h = (float(v) for v in box)
-        except (TypeError, ValueError):
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
             report.add(SKIPPED_ANNOTATION, path, where, f"bbox must be 4 numbers [x, y, w, h], got {box!r}")
             continue
+        x, y, w, h = (_to_float(v) for v in box)
         label = label_of_id[ann["category_id"]]
         objects[ann["image_id"]].append(([x, y, x + w, y + h], label, bool(ann.get("iscrowd", 0)), where))
 
     records = []
     for image_id, image in entries.items():
-        file = image_root / str(image["file_name"])
-        size = check_image(file, image.get("width"), image.get("height"), path,
-                           f"image id {image_id} ({image['file_name']})", report, verify_images)
+        file = image_root / image["file_name"]
+        named = f"image id {image_id} ({image['file_name']})"
+        escape = escapes_root(image["file_name"], image_root)
+        if escape:
+            report.add(SKIPPED_IMAGE, path, named, escape)
+            continue
+        size = check_image(file, image.get("width"), image.get("height"), path, named, report, verify_images)
         if size is None:
             continue
         boxes, labels, crowd, where = zip(*objects[image_id]) if objects[image_id] else ((), (), (), ())
@@ -87,18 +100,39 @@ def read_coco(
     return records, category_map, report.finish(records, category_map)
 
 
+def _is_key(value: Any) -> bool:
+    """An image or category id as COCO writes them: an integer (or a string), never a list or bool."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _to_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range: an infinite coordinate, dropped and reported
+        return math.inf if value > 0 else -math.inf
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"COCO annotations file not found: {path}")
+    text = read_text(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON: line {error.lineno} column {error.colno}: {error.msg}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from None
+    except (ValueError, RecursionError) as error:  # an integer of > 4300 digits, nesting too deep
+        raise DataError(f"{path}: not usable JSON: {str(error) or type(error).__name__}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with images/annotations/categories, got {type(data).__name__}")
     return data
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _list(data: dict, key: str, path: Path, required: bool = True) -> list:
@@ -114,11 +148,9 @@ def _list(data: dict, key: str, path: Path, required: bool = True) -> list:
 def _categories(data: dict, path: Path) -> list[tuple[int, str]]:
     categories = []
     for index, category in enumerate(_list(data, "categories", path)):
-        try:
-            categories.append((int(category["id"]), str(category["name"])))
-        except (KeyError, TypeError, ValueError):
-            raise DataError(
-                f"{path}: categories[{index}] needs an integer 'id' and a 'name', got {category!r}") from None
+        if not isinstance(category, dict) or "name" not in category or not _is_integer(category.get("id")):
+            raise DataError(f"{path}: categories[{index}] needs an integer 'id' and a 'name', got {category!r}")
+        categories.append((category["id"], str(category["name"])))
     ids = [c[0] for c in categories]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:

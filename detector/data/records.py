@@ -212,30 +212,45 @@ def clean_boxes(
         if not all(math.isfinite(v) for v in box):
             report.add(DROPPED_BOX, file, where[i], f"box {shown} has a NaN/inf coordinate")
             keep[i] = False
-        elif x2 <= x1 or y2 <= y1:
+            continue
+        clipped = np.array([min(max(x1, 0), width), min(max(y1, 0), height),
+                            min(max(x2, 0), width), min(max(y2, 0), height)])
+        stored = clipped.astype(np.float32)  # records hold float32: a box thinner than its precision is empty
+        if x2 <= x1 or y2 <= y1:
             report.add(DROPPED_BOX, file, where[i], f"box {shown} has zero or negative width/height")
             keep[i] = False
+        elif clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            report.add(DROPPED_BOX, file, where[i], f"box {shown} lies outside the {width}x{height} image")
+            keep[i] = False
+        elif stored[2] <= stored[0] or stored[3] <= stored[1]:
+            report.add(DROPPED_BOX, file, where[i], f"box {shown} is too thin to store (zero width/height in float32)")
+            keep[i] = False
         else:
-            clipped = np.array([min(max(x1, 0), width), min(max(y1, 0), height),
-                                min(max(x2, 0), width), min(max(y2, 0), height)])
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                report.add(DROPPED_BOX, file, where[i], f"box {shown} lies outside the {width}x{height} image")
-                keep[i] = False
-            elif not np.array_equal(clipped, box):
+            if not np.array_equal(clipped, box):
                 report.add(CLIPPED, file, where[i], f"box {shown} clipped to the {width}x{height} image")
-                boxes[i] = clipped
+            boxes[i] = stored
     return boxes, keep
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file as displayed (EXIF orientation applied, as
-    `cv2.imread` does), read from the header without decoding the pixels."""
+    `cv2.imread` does), read from the header without decoding the pixels. An empty file, an
+    unreadable header or a truncated JPEG/PNG (truncated.py) raises a `DataError` naming it."""
     from PIL import Image  # a dependency of torchvision
 
+    from detector.data.truncated import truncation
+
     try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
+            cut = truncation(path, image.format)
+            if cut:
+                raise DataError(f"{path}: {cut}")
+            orientation = image.getexif().get(0x0112, 1)  # (for a PNG, PIL decodes it to find the EXIF)
+    except DataError:
+        raise
     except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
         raise DataError(f"{path}: cannot read the image header ({error})") from None
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees
@@ -243,26 +258,54 @@ def image_size(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def check_image(path: Path, width: int | None, height: int | None, file: str | Path, where: str,
+def _pixel_count(value: Any) -> int | None:
+    """A positive whole number of pixels (640 or 640.0), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():  # also NaN and inf
+        return None
+    return int(value) if value > 0 else None
+
+
+def check_image(path: Path, width: Any, height: Any, file: str | Path, where: str,
                 report: DatasetReport, verify: bool = True) -> tuple[int, int] | None:
     """The image's (width, height), or None (reported) when it is missing, unreadable or of
-    another size than its annotation says. `verify=False` trusts the annotated size."""
+    another size than its annotation says. A size of None or 0 means "not annotated" (read
+    from the file); any other value must be a positive whole number. `verify=False` trusts
+    the annotated size."""
+    annotated = None
+    if width not in (None, 0) and height not in (None, 0):
+        annotated = (_pixel_count(width), _pixel_count(height))
+        if None in annotated:
+            report.add(SKIPPED_IMAGE, file, where,
+                       f"width and height must be positive whole numbers, got width {width!r}, height {height!r}")
+            return None
     if not path.is_file():
         report.add(SKIPPED_IMAGE, file, where, f"image file not found: {path}")
         return None
-    if not verify and width and height:
-        return int(width), int(height)
+    if not verify and annotated:
+        return annotated
     try:
         actual = image_size(path)
     except DataError as error:
         report.add(SKIPPED_IMAGE, file, where, str(error))
         return None
-    if width and height and (int(width), int(height)) != actual:
-        hint = " (EXIF orientation rotates it)" if (int(height), int(width)) == actual else ""
+    if annotated and annotated != actual:
+        hint = " (EXIF orientation rotates it)" if annotated[::-1] == actual else ""
         report.add(SKIPPED_IMAGE, file, where,
                    f"{path} is {actual[0]}x{actual[1]}{hint} but the annotation says {width}x{height}")
         return None
     return actual
+
+
+def read_text(path: Path) -> str:
+    """A text file's content; a file that is unreadable or not UTF-8 is a `DataError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
 def make_record(image_id: int | str, path: Path, width: int, height: int, boxes: list, labels: list,

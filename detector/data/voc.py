@@ -10,12 +10,16 @@ Layout: `root/Annotations/<id>.xml`, `root/JPEGImages/<filename>`, and optionall
   evaluation (COCO-style ignore), as VOC's own evaluation treats them.
 - VOC coordinates are 1-based pixel indices with inclusive corners; like detectron2 we
   convert to 0-based xyxy as (xmin - 1, ymin - 1, xmax, ymax).
+- Paths: a split entry names `Annotations/<id>.xml`, an XML's `<filename>` names a file in
+  `JPEGImages/`; neither may leave its folder ('..' or a symlink out of it: skipped and
+  reported, see paths.py). An absolute `<filename>` is the user's explicit choice, used as is.
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from detector.data.paths import escapes_root
 from detector.data.records import (
     SKIPPED_IMAGE,
     CategoryMap,
@@ -24,6 +28,7 @@ from detector.data.records import (
     ImageRecord,
     check_image,
     make_record,
+    read_text,
 )
 
 
@@ -41,8 +46,12 @@ def read_voc(
     report = DatasetReport(source=f"{root}" + (f" (split {split})" if split else ""), format="voc")
 
     parsed = []  # (id, xml path, parsed annotation)
-    for image_id in _split_ids(root, split):
+    for image_id in _split_ids(root, split, report):
         xml = annotations / f"{image_id}.xml"
+        escape = escapes_root(f"{image_id}.xml", annotations)  # a symlinked XML
+        if escape:
+            report.add(SKIPPED_IMAGE, xml, f"image {image_id}", escape)
+            continue
         if not xml.is_file():
             report.add(SKIPPED_IMAGE, xml, f"image {image_id}", "annotation file not found")
             continue
@@ -59,10 +68,16 @@ def read_voc(
             f"VOC {root}: classes {listing} are not in the training set's classes {list(category_map.names)}")
 
     records = []
+    images = root / "JPEGImages"
     for image_id, xml, ann in parsed:
-        path = root / "JPEGImages" / ann["filename"]
-        if not path.is_file() and (root / "JPEGImages" / f"{image_id}.jpg").is_file():
-            path = root / "JPEGImages" / f"{image_id}.jpg"
+        name = ann["filename"]
+        if not (images / name).is_file() and (images / f"{image_id}.jpg").is_file():
+            name = f"{image_id}.jpg"
+        path = images / name
+        escape = escapes_root(name, images)
+        if escape:
+            report.add(SKIPPED_IMAGE, xml, f"image {image_id}", escape)
+            continue
         size = check_image(path, ann["width"], ann["height"], xml, f"image {image_id}", report, verify_images)
         if size is None:
             continue
@@ -78,13 +93,29 @@ def read_voc(
     return records, category_map, report.finish(records, category_map)
 
 
-def _split_ids(root: Path, split: str | None) -> list[str]:
+def _split_ids(root: Path, split: str | None, report: DatasetReport) -> list[str]:
+    """The ids of a split (every XML without one); an id leading out of Annotations/ is
+    reported and skipped, a repeated one is reported and read once."""
     if split is None:
         return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
     listing = root / "ImageSets" / "Main" / f"{split}.txt"
     if not listing.is_file():
         raise DataError(f"VOC split file not found: {listing}")
-    return [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(read_text(listing).splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        escape = escapes_root(f"{image_id}.xml", root / "Annotations")
+        if escape:
+            report.add(SKIPPED_IMAGE, listing, f"line {number}", escape)
+            continue
+        if image_id in first_line:
+            report.add(SKIPPED_IMAGE, listing, f"line {number}",
+                       f"duplicate image id {image_id!r} (first on line {first_line[image_id]}); read once")
+            continue
+        first_line[image_id] = number
+    return list(first_line)
 
 
 def _parse_xml(xml: Path) -> dict:
@@ -93,6 +124,8 @@ def _parse_xml(xml: Path) -> dict:
     except ET.ParseError as error:
         line, column = error.position
         raise DataError(f"{xml}: not valid XML: line {line} column {column}: {error}") from None
+    except OSError as error:
+        raise DataError(f"{xml}: cannot be read ({error.strerror or error})") from None
     node = tree.getroot()
     width = _number(node, "size/width", xml, "size", int, required=False)
     height = _number(node, "size/height", xml, "size", int, required=False)
@@ -121,5 +154,5 @@ def _number(node: ET.Element, key: str, xml: Path, where: str, kind: type, requi
         return None
     try:
         return kind(float(text)) if kind is int else kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # int(float("inf")) overflows
         raise DataError(f"{xml}: {where}: <{key}> is {text.strip()!r}, not a number") from None

@@ -6,6 +6,7 @@ from data_helpers import write_image
 
 from detector.config import DatasetConfig
 from detector.data import CategoryMap, DataError, load_dataset, read_yolo
+from detector.data.records import SKIPPED_ANNOTATION
 
 
 def make_yolo(root, names_file="classes.txt"):
@@ -71,7 +72,6 @@ def test_yolo_names_file_option_and_missing_names(tmp_path):
 @pytest.mark.parametrize("line, message", [
     ("0 0.5 0.5 0.2", "line 2: expected 'class cx cy w h' (5 values), got '0 0.5 0.5 0.2'"),
     ("x 0.5 0.5 0.2 0.2", "line 2: expected an integer class and 4 numbers"),
-    ("7 0.5 0.5 0.2 0.2", "line 2: class 7 is outside 0..1 (2 names)"),
 ])
 def test_yolo_malformed_line_names_file_and_line(tmp_path, line, message):
     root = make_yolo(tmp_path / "yolo")
@@ -79,6 +79,17 @@ def test_yolo_malformed_line_names_file_and_line(tmp_path, line, message):
     label_file.write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
     with pytest.raises(DataError, match=re.escape(f"{label_file}: {message}")):
         read_yolo(root, "train")
+
+
+def test_yolo_unknown_class_skips_the_line_and_reports_it_like_an_unknown_coco_category(tmp_path):
+    root = make_yolo(tmp_path / "yolo")
+    label_file = root / "labels" / "train" / "b.txt"
+    label_file.write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n-1 0.5 0.5 0.2 0.2\n")
+    records, _, report = read_yolo(root, "train")
+    assert records[1].labels.tolist() == [1]  # line 1 kept
+    skipped = [str(p) for p in report.problems if p.kind == SKIPPED_ANNOTATION]
+    assert skipped == [f"{label_file}: line 2: skipped annotation: class 7 is outside 0..1 (2 names)",
+                       f"{label_file}: line 3: skipped annotation: class -1 is outside 0..1 (2 names)"]
 
 
 def test_yolo_unreadable_image_is_reported_and_skipped(tmp_path):

@@ -1,0 +1,28 @@
+"""File names read from annotation files must stay inside the dataset's folder.
+
+A dataset downloaded from elsewhere is untrusted input: a COCO `file_name` such as
+`../../home/me/private.jpg`, a VOC split entry `../../etc/x`, or a symlink planted in the
+archive would otherwise make training read (and draw into the run folder) files outside the
+dataset. A relative name is therefore resolved ('..' and symlinks) and must land inside the
+folder the reader looks in, itself resolved, so a dataset folder that is a symlink still
+works. Absolute names are the user's explicit choice and are accepted as they are.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def escapes_root(name: str | Path, root: Path) -> str | None:
+    """None when `root / name` stays inside `root`; else why not, naming both (a message
+    for the report). An absolute `name` is always accepted."""
+    if Path(name).is_absolute():
+        return None
+    try:
+        real_root = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(root / name))
+    except (OSError, ValueError):  # e.g. a NUL byte: the file check that follows reports it
+        return None
+    if real.is_relative_to(real_root):
+        return None
+    return f"{str(name)!r} escapes the dataset root {root} (it resolves to {real}); skipped"
