@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -147,23 +148,40 @@ def find_sources(sources: list[str]) -> list[Path]:
 def predict(args) -> int:
     import cv2
 
-    from detector.engine.predictor import Predictor, draw, read_image
+    from detector.engine.predictor import Predictor, draw, image_file_problem, read_image
+    from detector.errors import DetectorError
 
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg prints its own lines for a broken video
+    sources = find_sources(args.sources)
+    for path in sources:  # before loading the model and writing anything: a bad file stops the run at once
+        problem = video_problem(path) if path.suffix.lower() in VIDEO_SUFFIXES else image_file_problem(path)
+        if problem:
+            raise DetectorError(f"{path}: {problem}")
     predictor = Predictor.from_checkpoint(args.weights, args.device, args.score_thresh, args.max_detections)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in find_sources(args.sources):
+    for path in sources:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             results.append(predict_video(predictor, path, out))
             continue
-        detection = predictor.predict([read_image(path)])[0]
-        cv2.imwrite(str(out / f"{path.stem}.jpg"), draw(read_image(path), detection))
+        image = read_image(path)
+        detection = predictor.predict([image])[0]
+        cv2.imwrite(str(out / f"{path.stem}.jpg"), draw(image, detection))
         results.append({"file": str(path), "detections": to_json(detection)})
         print(f"{path}: {len(detection['scores'])} detections")
     (out / "predictions.json").write_text(json.dumps(results, indent=1))
     print(f"wrote annotated files and predictions.json to {out}")
     return 0
+
+
+def video_problem(path: Path) -> str | None:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    readable = capture.isOpened()
+    capture.release()
+    return None if readable else "not a readable video"
 
 
 def predict_video(predictor, path: Path, out: Path) -> dict:

@@ -2,16 +2,20 @@
 names out. Batches images of different sizes (the model pads them)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from detector.config import config_from_dict
+from detector.data.records import CategoryMap, DataError
+from detector.data.truncated import truncation
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.trainer import resolve_device
-from detector.errors import DetectorError
+from detector.errors import CheckpointError, DetectorError
 from detector.modeling.faster_rcnn import build_model
 
 
@@ -28,9 +32,16 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", score_thresh: float | None = None, max_detections: int | None = None
     ) -> "Predictor":
-        state = load_checkpoint(path)
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as error:  # torch's reasons run over several lines: keep the gist on one
+            raise CheckpointError(one_line(str(error))) from None
         if "config" not in state or "categories" not in state:
             raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
+        try:
+            categories = CategoryMap.from_dict(state["categories"])
+        except DataError as error:
+            raise CheckpointError(f"{path}: {error}") from None
         config = config_from_dict(state["config"], source=str(path))
         config.model.backbone.pretrained = False  # every weight comes from the checkpoint
         if score_thresh is not None:
@@ -38,9 +49,14 @@ class Predictor:
         if max_detections is not None:
             config.model.roi_heads.detections_per_img = max_detections
         model = build_model(config)
-        model.load_state_dict(state["model"])
-        categories = state["categories"]
-        return cls(model, categories["ids"], categories["names"], resolve_device(device), config.train.channels_last)
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, AttributeError) as error:  # torch lists every mismatch, one per line
+            details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            raise CheckpointError(f"{path}: its weights do not fit the model its config builds: "
+                                  f"{details[0] if details else one_line(str(error))}{more}") from None
+        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:
@@ -62,8 +78,39 @@ class Predictor:
         return results
 
 
+def one_line(message: str) -> str:
+    """The first sentence of a multi-line error, plus torch's unpickler reason when it has one."""
+    text = " ".join(message.split())
+    first, _, rest = text.partition("WeightsUnpickler error:")
+    first = first.split(". ")[0].rstrip(".")
+    reason = re.split(r"\. | Check the documentation", rest)[0].strip().rstrip(".")
+    return f"{first} ({reason})" if reason else first
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be an image, found without decoding it: missing, empty, content no
+    decoder recognizes, or a truncated JPEG/PNG. Checked before OpenCV decodes, as its codecs
+    print to stderr and decode a truncated JPEG without any error (grey below the cut)."""
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "not an image (empty file)"
+    if not cv2.haveImageReader(str(path)):
+        return "not an image (no image decoder recognizes its content)"
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+        return truncation(path, image_format)
+    except Exception:  # noqa: BLE001 - PIL does not know it; OpenCV may still decode it
+        return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; EXIF orientation applied; grayscale / RGBA / 16-bit converted."""
+    """RGB uint8 [H, W, 3]; EXIF orientation applied; grayscale / RGBA / 16-bit converted.
+    A file that is not a complete image raises a `DetectorError` naming it."""
+    problem = image_file_problem(Path(path))
+    if problem:
+        raise DetectorError(f"{path}: {problem}")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DetectorError(f"{path}: not a readable image")
