@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from detector.errors import DetectorError
 from detector.ops.backend import triton_kernels, use_triton
 from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
@@ -27,8 +28,21 @@ __all__ = [
 ]
 
 
+class BoxShapeError(DetectorError, ValueError):
+    """An op got boxes (or scores) of the wrong shape; the message names the op and the shape."""
+
+
+def _check(op: str, boxes: Tensor, scores: Tensor | None = None, name: str = "boxes") -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise BoxShapeError(f"ops.{op}: {name} must be [N, 4] xyxy, got shape {tuple(boxes.shape)}")
+    if scores is not None and tuple(scores.shape) != (boxes.shape[0],):
+        raise BoxShapeError(f"ops.{op}: scores must be [N] for N = {boxes.shape[0]} boxes, got shape {tuple(scores.shape)}")
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str = "auto") -> Tensor:
     """IoU matrix [N, M] of two sets of xyxy boxes, equal to ``torchvision.ops.box_iou``."""
+    _check("box_iou", boxes1, name="boxes1")
+    _check("box_iou", boxes2, name="boxes2")
     if use_triton(backend, boxes1, boxes2):
         return triton_kernels().box_iou(boxes1, boxes2)
     return torchvision.ops.box_iou(boxes1, boxes2)
@@ -56,6 +70,8 @@ def match(
     Differences from torchvision, which raises on empty inputs: no GT -> every box is -1
     (background); no boxes -> an empty tensor.
     """
+    _check("match", gt_boxes, name="gt_boxes")
+    _check("match", boxes)
     if use_triton(backend, gt_boxes, boxes):
         return triton_kernels().match(gt_boxes, boxes, high, low, allow_low_quality)
     return match_chunked(gt_boxes, boxes, high, low, allow_low_quality)
@@ -65,6 +81,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "aut
     """Indices of the boxes kept by greedy NMS, sorted by decreasing score: exactly
     ``torchvision.ops.nms`` (equal scores keep input order, a box is suppressed only when its
     IoU with a kept box is strictly above ``iou_threshold``, zero-area boxes suppress nothing)."""
+    _check("nms", boxes, scores)
     if use_triton(backend, boxes):
         return triton_kernels().nms(boxes, scores, iou_threshold)
     return torchvision.ops.nms(boxes, scores, iou_threshold)
@@ -88,14 +105,29 @@ def batched_nms(
     The Triton backend runs each class on its original coordinates, which is torchvision's
     per-class definition; torchvision itself shifts classes apart for small inputs
     (``_batched_nms_coordinate_trick``), and the shifted coordinates can round an IoU that
-    sits on the threshold to the other side.
+    sits on the threshold to the other side. That trick breaks down when a coordinate is inf,
+    NaN or huge (the offsets overflow or swallow whole boxes, and nothing is suppressed): for
+    such inputs the "torchvision" backend runs NMS class by class instead.
     """
+    _check("batched_nms", boxes, scores)
     if use_triton(backend, boxes):
         return triton_kernels().batched_nms(boxes, scores, idxs, iou_threshold, image_idxs=image_idxs)
     if image_idxs is None:
-        return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+        return _batched_nms_torchvision(boxes, scores, idxs, iou_threshold)
     kept = []
     for image in torch.unique(image_idxs):  # per image, as torchvision's RoIHeads does
         in_image = torch.nonzero(image_idxs == image).squeeze(1)
-        kept.append(in_image[torchvision.ops.batched_nms(boxes[in_image], scores[in_image], idxs[in_image], iou_threshold)])
+        kept.append(in_image[_batched_nms_torchvision(boxes[in_image], scores[in_image], idxs[in_image], iou_threshold)])
     return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
+
+
+def _batched_nms_torchvision(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's batched_nms where its class-offset trick is sound, else NMS per class."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    largest_offset = (boxes.abs().max() + 1) * (idxs.max().abs() + 1)
+    if bool(torch.isfinite(boxes).all()) and largest_offset < 2**24:  # offsets exact to ~1 float32 ulp
+        return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    keep = torch.cat([in_class[torchvision.ops.nms(boxes[in_class], scores[in_class], iou_threshold)]
+                      for in_class in (torch.nonzero(idxs == c).squeeze(1) for c in torch.unique(idxs))])
+    return keep[scores[keep].sort(descending=True, stable=True).indices]

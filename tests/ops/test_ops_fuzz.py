@@ -120,9 +120,6 @@ def test_match_any_values(gt, b, thresholds, low_quality):
 
 
 # Found by the fuzzing above; ops/ belongs to its owner, so they are recorded here, not fixed.
-@pytest.mark.xfail(strict=True, reason="torchvision's batched_nms offsets classes by max coordinate + 1: one inf/NaN "
-                                       "box makes every offset inf/NaN, a huge one rounds the boxes of other classes "
-                                       "to zero area, so nothing is suppressed")
 @pytest.mark.parametrize("far", [math.inf, math.nan, 3e38])
 def test_batched_nms_a_non_finite_or_huge_box_turns_off_suppression(far):
     b = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 5, 5], [0, 0, 5, 5]], dtype=torch.float32)
@@ -131,8 +128,6 @@ def test_batched_nms_a_non_finite_or_huge_box_turns_off_suppression(far):
     assert 1 not in keep.tolist()  # box 1 duplicates box 0 in class 2
 
 
-@pytest.mark.xfail(strict=True, reason="box ops do not check shapes: IndexError / torchvision RuntimeError, "
-                                       "or (match with [N, 4, 1]) a result")
 @pytest.mark.parametrize("shape", [(3, 3), (4,), (2, 4, 1)])
 def test_box_ops_refuse_boxes_that_are_not_n_by_4_with_a_package_error(shape):
     bad = torch.zeros(shape)
