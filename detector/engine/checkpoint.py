@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint (tensors and plain data only): {error}") from None
+    except Exception as error:  # torch's reasons run over several lines: keep the gist on one
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint (tensors and plain data only): "
+                              f"{one_line(str(error))}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a detector checkpoint (no 'model' entry)")
     return state
+
+
+def one_line(message: str) -> str:
+    """The first sentence of a multi-line error, plus torch's unpickler reason when it has one."""
+    text = " ".join(message.split())
+    first, _, rest = text.partition("WeightsUnpickler error:")
+    first = first.split(". ")[0].rstrip(".")
+    reason = re.split(r"\. | Check the documentation", rest)[0].strip().rstrip(".")
+    return f"{first} ({reason})" if reason else first
 
 
 def rng_states() -> dict[str, Any]:

@@ -2,7 +2,6 @@
 names out. Batches images of different sizes (the model pads them)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,7 @@ from PIL import Image
 from detector.config import config_from_dict
 from detector.data.records import CategoryMap, DataError
 from detector.data.truncated import truncation
-from detector.engine.checkpoint import load_checkpoint
+from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.trainer import resolve_device
 from detector.errors import CheckpointError, DetectorError
 from detector.modeling.faster_rcnn import build_model
@@ -32,10 +31,7 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", score_thresh: float | None = None, max_detections: int | None = None
     ) -> "Predictor":
-        try:
-            state = load_checkpoint(path)
-        except CheckpointError as error:  # torch's reasons run over several lines: keep the gist on one
-            raise CheckpointError(one_line(str(error))) from None
+        state = load_checkpoint(path)
         if "config" not in state or "categories" not in state:
             raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
         try:
@@ -76,15 +72,6 @@ class Predictor:
                     "names": [self.category_names[label - 1] for label in labels],
                 })
         return results
-
-
-def one_line(message: str) -> str:
-    """The first sentence of a multi-line error, plus torch's unpickler reason when it has one."""
-    text = " ".join(message.split())
-    first, _, rest = text.partition("WeightsUnpickler error:")
-    first = first.split(". ")[0].rstrip(".")
-    reason = re.split(r"\. | Check the documentation", rest)[0].strip().rstrip(".")
-    return f"{first} ({reason})" if reason else first
 
 
 def image_file_problem(path: Path) -> str | None:
