@@ -97,7 +97,7 @@ def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[
     """Every process's values averaged (for logging losses of the whole global batch)."""
     if not is_distributed() or not values:
         return values
-    keys = sorted(values)
+    keys = list(values)  # the same order on every process, and the caller's
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return {k: v / world_size() for k, v in zip(keys, tensor.tolist())}

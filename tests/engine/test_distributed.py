@@ -74,7 +74,9 @@ def test_two_cpu_processes_train_in_step_evaluate_like_one_and_resume(tmp_path):
     assert "distributed: 2 processes (gloo), batch 2 per process, global batch 4" in log
     assert "6 training images over 2 processes -> ceil(6 / 2) = 3 per process" in log
     assert "learning rate 0.02: train.optimizer.lr 0.08 per 16 images x 4 images per step / 16" in log
-    assert len((run / "results.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs: one writer
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 epochs: one writer
+    assert rows[0].startswith("epoch,iteration,lr,loss_objectness,loss_rpn_box_reg,loss_classifier,loss_box_reg,loss,")
     assert sorted(p.name for p in (run / "weights").iterdir()) == ["best.pt", "last.pt"]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every process gets rank 0's metrics
 
