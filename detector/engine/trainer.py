@@ -254,6 +254,10 @@ class Trainer:
             if count == remaining:
                 break
             self.report_skipped()
+            if self.world_size > 1 and not distributed.all_true(bool(images), self.device):
+                # Every process must run the forward pass, or the others wait for its gradients.
+                raise DetectorError(f"iteration {self.iteration + 1}: a process got a batch with no readable image; "
+                                    f"this one skipped: {[str(s) for s in self.loader.skipped] or 'none'}")
             if images:
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
@@ -265,9 +269,6 @@ class Trainer:
                     raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
                 (self.scaler.scale(loss) / train.accumulate).backward()
                 images_seen += len(images)
-            elif self.world_size > 1:  # the other processes wait for this one's gradients
-                raise DetectorError(f"process {self.rank}: no image of the batch could be read "
-                                    f"({'; '.join(str(s) for s in self.loader.skipped[-train.batch_size:])})")
             else:  # every image of the batch failed to decode: an iteration without a loss
                 losses = None
 
