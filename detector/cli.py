@@ -1,6 +1,6 @@
 """The `detector` command line. Thin: it parses arguments, then calls the package.
 
-  detector train CONFIG [key=value ...] [--resume [CHECKPOINT]]
+  detector train CONFIG [key=value ...] [--resume [CHECKPOINT]] [--nproc N]
   detector eval CONFIG --weights W [key=value ...]
   detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N]
   detector model [CONFIG] [key=value ...]
