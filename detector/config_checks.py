@@ -129,10 +129,7 @@ ORDERED = [
 
 def check_config(config: Any, source: str) -> None:
     """Raise a ConfigError naming the source and the dotted key of the first value out of range."""
-    for key, rule, requirement in RULES:
-        found, value = _lookup(config, key)
-        if found and not rule(value):
-            raise ConfigError(f"{source}: {key} must be {requirement}, got {value!r}")
+    check_section(config, "", f"{source}: ")
     for low_key, high_key in ORDERED:
         low, high = _lookup(config, low_key)[1], _lookup(config, high_key)[1]
         if low > high:
@@ -141,6 +138,17 @@ def check_config(config: Any, source: str) -> None:
     if len(model.anchors.sizes) != len(model.anchors.aspect_ratios):
         raise ConfigError(f"{source}: model.anchors.sizes has {len(model.anchors.sizes)} lists but "
                           f"model.anchors.aspect_ratios has {len(model.anchors.aspect_ratios)}; one of each per feature map")
+
+
+def check_section(section: Any, prefix: str, source: str = "") -> None:
+    """The rules of the keys under `prefix` (e.g. "data.augment"), checked on that section alone:
+    for code that gets a section without the whole config (an AugmentConfig built by hand)."""
+    for key, rule, requirement in RULES:
+        if prefix and not key.startswith(prefix + "."):
+            continue
+        found, value = _lookup(section, key[len(prefix) + 1:] if prefix else key)
+        if found and not rule(value):
+            raise ConfigError(f"{source}{key} must be {requirement}, got {value!r}")
 
 
 def _lookup(config: Any, key: str) -> tuple[bool, Any]:

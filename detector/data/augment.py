@@ -16,7 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call on imp
 import albumentations as A  # noqa: E402
 
 from detector.config import AugmentConfig  # noqa: E402
-from detector.errors import ConfigError  # noqa: E402
+from detector.config_checks import check_section  # noqa: E402
 
 MIN_AREA = 1.0  # px^2: smaller boxes after augmentation are dropped
 MIN_VISIBILITY = 0.1  # fraction of a box that must stay inside the image
@@ -26,7 +26,7 @@ class Augmentation:
     """`(image HWC uint8 RGB, boxes [N,4] xyxy, labels [N]) -> the same, augmented`."""
 
     def __init__(self, config: AugmentConfig, seed: int | None = None) -> None:
-        _check(config)
+        check_section(config, "data.augment")  # also for an AugmentConfig built without load_config
         transforms = []
         low, high = config.scale
         if (low, high) != (1.0, 1.0):
@@ -63,21 +63,8 @@ def build_augmentation(config: AugmentConfig | None, *, train: bool, seed: int |
     """The training augmentation, or None for validation / when nothing is switched on."""
     if not train or config is None:
         return None
-    _check(config)
+    check_section(config, "data.augment")  # also for an AugmentConfig built without load_config
     jitter = (config.brightness, config.contrast, config.saturation, config.hue)
     if config.hflip == 0 and tuple(config.scale) == (1.0, 1.0) and not any(jitter):
         return None
     return Augmentation(config, seed)
-
-
-def _check(config: AugmentConfig) -> None:
-    if not 0.0 <= config.hflip <= 1.0:
-        raise ConfigError(f"data.augment.hflip is a probability in 0..1, got {config.hflip}")
-    low, high = config.scale
-    if not 0.0 < low <= high:
-        raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high, got {list(config.scale)}")
-    for key in ("brightness", "contrast", "saturation", "hue"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"data.augment.{key} must be >= 0 (0 = off), got {getattr(config, key)}")
-    if config.hue > 0.5:
-        raise ConfigError(f"data.augment.hue must be <= 0.5 (a fraction of the hue circle), got {config.hue}")
