@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from detector.config import config_from_dict
+from detector.data.dataset import read_image as decode_image
 from detector.data.records import CategoryMap, DataError
 from detector.data.truncated import truncation
 from detector.engine.checkpoint import load_checkpoint, one_line
@@ -98,10 +99,7 @@ def read_image(path: str | Path) -> np.ndarray:
     problem = image_file_problem(Path(path))
     if problem:
         raise DetectorError(f"{path}: {problem}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DetectorError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return decode_image(path)
 
 
 def draw(image: np.ndarray, detection: dict) -> np.ndarray:
