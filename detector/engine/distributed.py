@@ -38,18 +38,20 @@ def launched_by_torchrun() -> bool:
 def init_distributed(device: str) -> torch.device:
     """Join the process group when started by torchrun and return this process's device:
     `cuda:LOCAL_RANK` (NCCL) when CUDA is used, else the CPU (gloo)."""
-    if not launched_by_torchrun() or is_distributed():
-        return _device(device, 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    chosen = _device(device, local_rank)
-    if chosen.type == "cuda":
-        torch.cuda.set_device(chosen)
-    dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo",
-                            device_id=chosen if chosen.type == "cuda" else None)
+    if not launched_by_torchrun():
+        return resolve_device(device)
+    chosen = resolve_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    if not is_distributed():  # a second trainer in the same process keeps the group
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo",
+                                device_id=chosen if chosen.type == "cuda" else None)
     return chosen
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """A config's device name ("auto", "cpu", "cuda", "cuda:N") as a torch.device; "auto" and
+    "cuda" mean this process's GPU (its LOCAL_RANK under torchrun) when CUDA is there."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -14,7 +14,7 @@ from detector.data.dataset import read_image as decode_image
 from detector.data.records import CategoryMap, DataError
 from detector.data.truncated import truncation
 from detector.engine.checkpoint import load_checkpoint, one_line
-from detector.engine.trainer import resolve_device
+from detector.engine.distributed import resolve_device
 from detector.errors import CheckpointError, DetectorError
 from detector.modeling.faster_rcnn import build_model
 
