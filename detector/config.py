@@ -85,6 +85,9 @@ class ROIHeadsConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    nms_method: str = "hard"  # hard | gaussian | linear (the last two: Soft-NMS)
+    soft_nms_sigma: float = 0.5
+    soft_nms_min_score: float = 0.001
 
 
 @dataclass

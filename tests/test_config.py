@@ -96,6 +96,8 @@ def test_torchvision_recipes_equal_the_builders(path, name):
         ("train.optimizer.lr=0", r"train.optimizer.lr must be > 0"),
         ("model.rpn.fg_iou_thresh=1.5", r"model.rpn.fg_iou_thresh must be an IoU in 0..1, got 1.5"),
         ("model.roi_heads.nms_thresh=-0.1", r"model.roi_heads.nms_thresh must be an IoU in 0..1"),
+        ("model.roi_heads.nms_method=soft", r"model.roi_heads.nms_method must be hard, gaussian or linear, got .soft."),
+        ("model.roi_heads.soft_nms_sigma=0", r"model.roi_heads.soft_nms_sigma must be > 0"),
         ("model.rpn.bg_iou_thresh=0.8", r"model.rpn.bg_iou_thresh \(0.8\) must not be above model.rpn.fg_iou_thresh \(0.7\)"),
         ("model.roi_heads.bg_iou_thresh=0.6", r"model.roi_heads.bg_iou_thresh \(0.6\) must not be above model.roi_heads.fg_iou_thresh"),
         ("model.transform.min_size=2000", r"model.transform.min_size \(2000\) must not be above model.transform.max_size"),

@@ -135,5 +135,8 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         score_thresh=roi.score_thresh,
         nms_thresh=roi.nms_thresh,
         detections_per_img=roi.detections_per_img,
+        nms_method=roi.nms_method,
+        soft_nms_sigma=roi.soft_nms_sigma,
+        soft_nms_min_score=roi.soft_nms_min_score,
     )
     return FasterRCNN(transform, backbone, rpn, roi_heads, cfg.num_classes)

@@ -4,7 +4,8 @@ RoIAlign pools a 7x7 feature per proposal; a box head (two FC layers of 1024, or
 feeds a predictor with K+1 class logits (softmax + cross-entropy, 0 = background) and 4 deltas
 per class. Training appends the GT boxes to the proposals, labels them with the matcher
 (IoU >= 0.5 object), samples 512 per image at <= 25% objects, and returns the two losses.
-Inference: softmax, decode per class, score >= 0.05, per-class NMS 0.5, best 100.
+Inference: softmax, decode per class, score >= 0.05, per-class NMS 0.5 (or Soft-NMS, which
+lowers the scores of overlapping boxes instead of deleting them), best 100.
 """
 from __future__ import annotations
 
@@ -90,6 +91,9 @@ class ROIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        nms_method: str = "hard",
+        soft_nms_sigma: float = 0.5,
+        soft_nms_min_score: float = 1e-3,
     ):
         super().__init__()
         self.box_roi_pool = box_roi_pool
@@ -103,6 +107,11 @@ class ROIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        if nms_method not in ("hard", *ops.SOFT_NMS_METHODS):
+            raise ValueError(f"nms_method must be hard, gaussian or linear, got {nms_method!r}")
+        self.nms_method = nms_method
+        self.soft_nms_sigma = soft_nms_sigma
+        self.soft_nms_min_score = soft_nms_min_score
         self.last_sampled_counts: dict[str, float] = {}
 
     def forward(
@@ -184,6 +193,13 @@ class ROIHeads(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+            if self.nms_method == "hard":
+                keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+                scores = scores[keep]
+            else:
+                keep, scores = ops.batched_soft_nms(
+                    boxes, scores, labels, self.detections_per_img, method=self.nms_method,
+                    sigma=self.soft_nms_sigma, iou_threshold=self.nms_thresh, min_score=self.soft_nms_min_score,
+                )
+            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores})
         return detections

@@ -14,17 +14,22 @@ from detector.errors import DetectorError
 from detector.ops.backend import triton_kernels, use_triton
 from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
+from detector.ops import soft_suppression
+from detector.ops.soft_suppression import METHODS as SOFT_NMS_METHODS
 
 __all__ = [
     "BELOW_LOW_THRESHOLD",
     "BETWEEN_THRESHOLDS",
+    "SOFT_NMS_METHODS",
     "batched_nms",
+    "batched_soft_nms",
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
     "match",
     "nms",
     "remove_small_boxes",
+    "soft_nms",
 ]
 
 
@@ -85,6 +90,20 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "aut
     if use_triton(backend, boxes):
         return triton_kernels().nms(boxes, scores, iou_threshold)
     return torchvision.ops.nms(boxes, scores, iou_threshold)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, method: str = "gaussian", sigma: float = 0.5,
+             iou_threshold: float = 0.3, min_score: float = 1e-3, max_kept: int | None = None) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (soft_suppression.py): (kept indices, decayed scores), by decreasing decayed score."""
+    _check("soft_nms", boxes, scores)
+    return soft_suppression.soft_nms(boxes, scores, method, sigma, iou_threshold, min_score, max_kept)
+
+
+def batched_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, max_kept: int | None = None,
+                     **options) -> tuple[Tensor, Tensor]:
+    """Soft-NMS within each class of ``idxs`` (soft_suppression.py); options as ``soft_nms``."""
+    _check("batched_soft_nms", boxes, scores)
+    return soft_suppression.batched_soft_nms(boxes, scores, idxs, max_kept, **options)
 
 
 def batched_nms(

@@ -7,6 +7,7 @@ from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHea
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
+from detector import ops
 from detector.modeling.roi_heads import BoxPredictor, ROIHeads, TwoFCHead
 from detector.modeling.roi_pooler import RoIPooler, assign_levels
 
@@ -68,3 +69,23 @@ def test_losses_equal_torchvision_in_training():
         assert torch.allclose(a[key], b[key], rtol=1e-6), key
     assert a["loss_box_reg"] > 0  # GT boxes are appended to the proposals, so there are positives
     assert ours.last_sampled_counts["roi_fg"] <= 0.25 * 64
+
+
+def test_soft_nms_keeps_the_top_detections_and_lowers_the_overlapping_ones():
+    hard, _ = make_pair()
+    soft, _ = make_pair()
+    soft.nms_method = "gaussian"
+    features, proposals, sizes, _ = inputs()
+    hard.eval(), soft.eval()
+    a, _ = hard(features, proposals, sizes)
+    b, _ = soft(features, proposals, sizes)
+    for x, y in zip(a, b):
+        for label in x["labels"].unique():
+            first_hard, first_soft = (torch.nonzero(d["labels"] == label)[0, 0] for d in (x, y))
+            assert torch.equal(x["boxes"][first_hard], y["boxes"][first_soft])  # a class's best box is untouched
+            assert x["scores"][first_hard] == y["scores"][first_soft]
+        same_class = y["labels"][:, None] == y["labels"][None, :]
+        overlap = ops.box_iou(y["boxes"], y["boxes"]).triu(diagonal=1) * same_class
+        assert overlap.max() > hard.nms_thresh  # overlapping boxes stay, with lower scores; NMS deletes them
+        assert torch.equal(y["scores"], y["scores"].sort(descending=True).values)
+        assert y["scores"].min() >= soft.soft_nms_min_score and len(y["boxes"]) <= soft.detections_per_img

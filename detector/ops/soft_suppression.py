@@ -1,0 +1,85 @@
+"""Soft-NMS (Bodla et al., "Improving Object Detection With One Line of Code", ICCV 2017).
+
+Greedy NMS deletes every box that overlaps a better one by more than a threshold. Soft-NMS
+keeps them and lowers their scores instead, by a factor that falls with the overlap:
+
+    gaussian: score *= exp(-IoU^2 / sigma)
+    linear:   score *= 1 - IoU    where IoU > iou_threshold (unchanged below it)
+
+It is the paper's Algorithm 1: take the highest score, decay the others by their IoU with
+it, repeat; a box whose decayed score falls below `min_score` is dropped. A second box that is
+placed better than the first then still counts at the strict IoU thresholds of COCO mAP, with
+a lower score, instead of being deleted. IoU is torchvision's (continuous coordinates).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+METHODS = ("gaussian", "linear")
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.3,
+    min_score: float = 1e-3,
+    max_kept: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(indices of the kept boxes, their decayed scores), by decreasing decayed score.
+
+    Equal scores are taken in input order. `max_kept` stops after that many picks: the
+    boxes picked later could only rank below them. Runs on the device of `boxes`, without a
+    host synchronisation per pick.
+    """
+    from detector.ops import box_iou  # the package's IoU (Triton on CUDA); here: ops imports this module
+
+    if method not in METHODS:
+        raise ValueError(f"soft_nms: method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "gaussian" and not sigma > 0:
+        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
+    count = boxes.shape[0]
+    picks = count if max_kept is None else min(count, max_kept)
+    if picks == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
+
+    iou = box_iou(boxes, boxes)
+    current = scores.clone()
+    alive = current >= min_score
+    kept = torch.empty(picks, dtype=torch.int64, device=boxes.device)
+    kept_scores = scores.new_empty(picks)
+    for step in range(picks):
+        best = torch.where(alive, current, -math.inf).argmax()  # argmax: the first of equal scores
+        kept[step] = best
+        kept_scores[step] = torch.where(alive[best], current[best], -math.inf)  # -inf: nothing was left
+        alive[best] = False
+        overlap = iou[best]
+        if method == "gaussian":
+            current = current * torch.exp(-(overlap * overlap) / sigma)
+        else:
+            current = current * torch.where(overlap > iou_threshold, 1 - overlap, 1)
+        alive &= current >= min_score
+    valid = kept_scores > -math.inf
+    return kept[valid], kept_scores[valid]
+
+
+def batched_soft_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, max_kept: int | None = None, **options
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS within each value of `idxs` (a class): boxes of different classes never decay
+    each other. (indices, decayed scores), by decreasing decayed score, at most `max_kept`."""
+    kept, kept_scores = [], []
+    for label in torch.unique(idxs):
+        in_class = torch.nonzero(idxs == label).squeeze(1)
+        index, score = soft_nms(boxes[in_class], scores[in_class], max_kept=max_kept, **options)
+        kept.append(in_class[index])
+        kept_scores.append(score)
+    if not kept:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
+    kept, kept_scores = torch.cat(kept), torch.cat(kept_scores)
+    order = kept_scores.sort(descending=True, stable=True).indices[:max_kept]
+    return kept[order], kept_scores[order]
