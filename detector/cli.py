@@ -2,7 +2,7 @@
 
   detector train CONFIG [key=value ...] [--resume [CHECKPOINT]] [--nproc N]
   detector eval CONFIG --weights W [key=value ...]
-  detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N]
+  detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N] [--set KEY=VALUE]
   detector model [CONFIG] [key=value ...]
 """
 from __future__ import annotations
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="COCO mAP of a checkpoint on the config's val set")
     evaluate.add_argument("config", help="YAML config naming data.val")
-    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    evaluate.add_argument("overrides", nargs="*",
+                          help="dotted key=value overrides: data.* and train.batch_size pick the data; model.* "
+                               "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
     evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
 
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="runs/predict", help="folder for annotated images/videos and predictions.json")
     predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
     predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                         help="a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard (repeatable)")
     predict.add_argument("--device", default="auto")
 
     model = commands.add_parser("model", help="describe the model a config builds")
@@ -107,7 +111,11 @@ def evaluate(args) -> int:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
     check_data_paths(config.data)
-    predictor = Predictor.from_checkpoint(args.weights, device=config.train.device)
+    # The checkpoint's config builds the model; model.* overrides change its test-time settings.
+    test_time = [o for o in args.overrides if o.partition("=")[0].strip().startswith("model.")]
+    predictor = Predictor.from_checkpoint(args.weights, device=config.train.device, overrides=test_time)
+    if test_time:
+        print("test-time settings: " + " ".join(test_time))
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out = Path(args.out or Path(config.output) / "eval")
@@ -157,7 +165,7 @@ def predict(args) -> int:
         problem = video_problem(path) if path.suffix.lower() in VIDEO_SUFFIXES else image_file_problem(path)
         if problem:
             raise DetectorError(f"{path}: {problem}")
-    predictor = Predictor.from_checkpoint(args.weights, args.device, args.score_thresh, args.max_detections)
+    predictor = Predictor.from_checkpoint(args.weights, args.device, args.score_thresh, args.max_detections, args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

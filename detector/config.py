@@ -202,8 +202,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     and type, and return a `Config`. `path=None` gives the defaults."""
     raw = _read_with_bases(Path(path)) if path is not None else {}
     for override in overrides:
-        key, value = _parse_override(override)
-        _set_dotted(raw, key, value)
+        key, value = parse_override(override)
+        set_dotted(raw, key, value)
     config = _build(Config, raw, "", str(path or "<defaults>"))
     check_config(config, str(path or "<defaults>"))
     return config
@@ -259,7 +259,8 @@ def _deep_merge(into: dict, update: dict) -> None:
             into[key] = value
 
 
-def _parse_override(override: str) -> tuple[str, Any]:
+def parse_override(override: str) -> tuple[str, Any]:
+    """("dotted.key", value) of a `key=value` override, the value read as YAML."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected key=value, e.g. model.rpn.nms_thresh=0.6")
@@ -270,7 +271,7 @@ def _parse_override(override: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(data: dict, dotted_key: str, value: Any) -> None:
+def set_dotted(data: dict, dotted_key: str, value: Any) -> None:
     node = data
     parts = dotted_key.split(".")
     for part in parts[:-1]:

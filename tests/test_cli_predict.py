@@ -105,3 +105,19 @@ def test_a_good_image_still_predicts(files, capfd):
     code, err, out_text, out = run_predict(files, capfd, "good.pt", "ok.png")
     assert code == 0 and err == []
     assert (out / "predictions.json").is_file() and (out / "ok.jpg").is_file()
+
+
+def test_set_changes_a_test_time_setting_and_refuses_an_architecture_key(files, capfd):
+    from detector.engine.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(files / "good.pt", "cpu", overrides=["model.roi_heads.nms_method=gaussian",
+                                                                             "model.transform.min_size=80"])
+    assert predictor.model.roi_heads.nms_method == "gaussian" and predictor.model.transform.min_size == 80
+    out = files / "out" / "set"
+    code = main(["predict", "--weights", str(files / "good.pt"), str(files / "ok.png"), "--out", str(out),
+                 "--device", "cpu", "--set", "model.roi_heads.nms_method=linear"])
+    assert code == 0 and (out / "predictions.json").is_file()
+    code = main(["predict", "--weights", str(files / "good.pt"), str(files / "ok.png"), "--out", str(out),
+                 "--device", "cpu", "--set", "model.num_classes=5"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.num_classes: fixed by the checkpoint" in err[0]

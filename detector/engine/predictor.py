@@ -2,6 +2,8 @@
 names out. Batches images of different sizes (the model pads them)."""
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -9,14 +11,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.config import config_from_dict
+from detector.config import config_from_dict, parse_override, set_dotted
 from detector.data.dataset import read_image as decode_image
 from detector.data.records import CategoryMap, DataError
 from detector.data.truncated import truncation
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
-from detector.errors import CheckpointError, DetectorError
+from detector.errors import CheckpointError, ConfigError, DetectorError
 from detector.modeling.faster_rcnn import build_model
+
+
+# What a trained model outputs can change without touching its weights: the resize and the
+# test-time proposal / detection settings. Everything else in `model` is fixed by the checkpoint.
+TEST_TIME_KEYS = (
+    "model.transform.min_size", "model.transform.max_size",
+    "model.rpn.pre_nms_top_n_test", "model.rpn.post_nms_top_n_test", "model.rpn.nms_thresh",
+    "model.rpn.score_thresh", "model.rpn.min_box_size",
+    "model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_img",
+    "model.roi_heads.nms_method", "model.roi_heads.soft_nms_sigma", "model.roi_heads.soft_nms_min_score",
+)
 
 
 class Predictor:
@@ -30,8 +43,11 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", score_thresh: float | None = None, max_detections: int | None = None
+        cls, path: str | Path, device: str = "auto", score_thresh: float | None = None,
+        max_detections: int | None = None, overrides: Sequence[str] = (),
     ) -> "Predictor":
+        """The model of checkpoint `path`, built from the config saved in it. `overrides`
+        ("model.roi_heads.nms_method=gaussian", ...) change test-time settings (TEST_TIME_KEYS)."""
         state = load_checkpoint(path)
         if "config" not in state or "categories" not in state:
             raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
@@ -39,7 +55,14 @@ class Predictor:
             categories = CategoryMap.from_dict(state["categories"])
         except DataError as error:
             raise CheckpointError(f"{path}: {error}") from None
-        config = config_from_dict(state["config"], source=str(path))
+        saved = copy.deepcopy(state["config"])
+        for override in overrides:
+            key, value = parse_override(override)
+            if key not in TEST_TIME_KEYS:
+                raise ConfigError(f"{key}: fixed by the checkpoint {path} (its weights depend on it); "
+                                  f"what can change at test time: {', '.join(TEST_TIME_KEYS)}")
+            set_dotted(saved, key, value)
+        config = config_from_dict(saved, source=f"{path} with {' '.join(overrides)}" if overrides else str(path))
         config.model.backbone.pretrained = False  # every weight comes from the checkpoint
         if score_thresh is not None:
             config.model.roi_heads.score_thresh = score_thresh
