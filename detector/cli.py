@@ -56,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`eval CONFIG --weights W key=value`),
+    # which argparse alone does not accept after an option.
+    if extra and hasattr(args, "overrides") and all("=" in token and not token.startswith("-") for token in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from detector.errors import DetectorError
 
     commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model}
