@@ -121,3 +121,14 @@ def test_set_changes_a_test_time_setting_and_refuses_an_architecture_key(files, 
                  "--device", "cpu", "--set", "model.num_classes=5"])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "model.num_classes: fixed by the checkpoint" in err[0]
+
+
+def test_overrides_may_follow_the_options_but_unknown_options_are_refused(capsys):
+    from detector.cli import build_parser
+
+    assert build_parser().parse_args(["eval", "c.yaml", "a=1", "--weights", "w.pt"]).overrides == ["a=1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "c.yaml", "--weights", "w.pt", "--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--weights", "w.pt", "img.png", "--out", "o", "a=1"])  # predict takes no overrides

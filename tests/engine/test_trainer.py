@@ -84,8 +84,8 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
     printed = capsys.readouterr().out
     assert "AP50" in printed and (tmp_path / "ev" / "predictions.json").is_file()
     # model.* overrides change the checkpoint's test-time settings, and only those
-    assert cli(["eval", str(tmp_path / "run" / "config.yaml"), "model.roi_heads.nms_method=gaussian",
-                "--weights", str(weights), "--out", str(tmp_path / "ev_soft")]) == 0
+    assert cli(["eval", str(tmp_path / "run" / "config.yaml"), "--weights", str(weights),
+                "--out", str(tmp_path / "ev_soft"), "model.roi_heads.nms_method=gaussian"]) == 0  # after the options
     assert "test-time settings: model.roi_heads.nms_method=gaussian" in capsys.readouterr().out
     assert cli(["eval", str(tmp_path / "run" / "config.yaml"), "model.backbone.fpn=true", "--weights", str(weights)]) == 2
     assert "model.backbone.fpn: fixed by the checkpoint" in capsys.readouterr().err
