@@ -108,6 +108,7 @@ def launch_torchrun(args) -> int:
 
 def evaluate(args) -> int:
     from detector import load_config
+    from detector.config import parse_override
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
@@ -119,7 +120,7 @@ def evaluate(args) -> int:
         return 2
     check_data_paths(config.data)
     # The checkpoint's config builds the model; model.* overrides change its test-time settings.
-    test_time = [o for o in args.overrides if o.partition("=")[0].strip().startswith("model.")]
+    test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
     predictor = Predictor.from_checkpoint(args.weights, device=config.train.device, overrides=test_time)
     if test_time:
         print("test-time settings: " + " ".join(test_time))

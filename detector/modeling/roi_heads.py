@@ -108,7 +108,7 @@ class ROIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         if nms_method not in ("hard", *ops.SOFT_NMS_METHODS):
-            raise ValueError(f"nms_method must be hard, gaussian or linear, got {nms_method!r}")
+            raise ValueError(f"nms_method must be one of hard, {', '.join(ops.SOFT_NMS_METHODS)}, got {nms_method!r}")
         self.nms_method = nms_method
         self.soft_nms_sigma = soft_nms_sigma
         self.soft_nms_min_score = soft_nms_min_score
