@@ -19,6 +19,8 @@ import yaml
 from detector.config_checks import check_config
 from detector.errors import ConfigError
 
+DELETE_MARKER = "_delete_"  # in a YAML section: replace the inherited section instead of merging into it
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -252,11 +254,34 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _deep_merge(into: dict, update: dict) -> None:
+    """Merge a file's keys over its bases' keys, section by section. A section replaces the
+    inherited one instead when it says so with `_delete_: true` (MMDetection's marker), and a
+    dataset block that names its `format` always does: it describes a whole dataset, so the
+    keys of a base's dataset of another format (a COCO `annotations` under a VOC block) must
+    not leak into it."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and not _replaces_inherited(value):
+            _deep_merge(into[key], {k: v for k, v in value.items() if k != DELETE_MARKER})  # false: merge
         else:
-            into[key] = value
+            into[key] = _without_delete_markers(value)
+
+
+def _replaces_inherited(section: dict) -> bool:
+    return _delete_marker(section) or "format" in section
+
+
+def _delete_marker(section: dict) -> bool:
+    marker = section.get(DELETE_MARKER, False)
+    if not isinstance(marker, bool):
+        raise ConfigError(f"{DELETE_MARKER} must be true or false, got {marker!r}")
+    return marker
+
+
+def _without_delete_markers(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    _delete_marker(value)  # checks its value
+    return {k: _without_delete_markers(v) for k, v in value.items() if k != DELETE_MARKER}
 
 
 def parse_override(override: str) -> tuple[str, Any]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from detector import choices
+from detector.choices import spell
 from detector.errors import ConfigError
-
-BACKBONES = ("efficientnet_lite0", "resnet50", "mobilenet_v3_large", "mobilenet_v2")
-FORMATS = ("coco", "voc", "yolo", "synthetic")
 
 
 def _positive(v: Any) -> bool:
@@ -27,8 +26,8 @@ def _unit(v: Any) -> bool:
     return 0.0 <= v <= 1.0
 
 
-def _one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda v: v in choices
+def _one_of(*allowed: str) -> Callable[[Any], bool]:
+    return lambda v: v in allowed
 
 
 def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -39,7 +38,7 @@ def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
 # only for the splits that are set.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.num_classes", _at_least(1), "an integer >= 1"),
-    ("model.backbone.name", _one_of(*BACKBONES), f"one of {', '.join(BACKBONES)}"),
+    ("model.backbone.name", _one_of(*choices.BACKBONES), spell(choices.BACKBONES)),
     ("model.backbone.trainable_layers", _at_least(0), ">= 0"),
     ("model.backbone.fpn_channels", _at_least(1), ">= 1"),
     ("model.transform.min_size", _at_least(1), ">= 1 (pixels)"),
@@ -68,17 +67,17 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.roi_heads.positive_fraction", _unit, "a fraction in 0..1"),
     ("model.roi_heads.box_reg_weights", lambda v: all(w > 0 for w in v), "four weights > 0"),
     ("model.roi_heads.pool_size", _at_least(1), ">= 1"),
-    ("model.roi_heads.head", _one_of("two_fc", "conv"), "two_fc or conv"),
+    ("model.roi_heads.head", _one_of(*choices.ROI_HEADS), spell(choices.ROI_HEADS)),
     ("model.roi_heads.representation_size", _at_least(1), ">= 1"),
     ("model.roi_heads.conv_layers", lambda v: all(c >= 1 for c in v), "channel counts >= 1"),
     ("model.roi_heads.score_thresh", _unit, "a probability in 0..1"),
     ("model.roi_heads.nms_thresh", _unit, "an IoU in 0..1"),
     ("model.roi_heads.detections_per_img", _at_least(1), ">= 1"),
-    ("model.roi_heads.nms_method", _one_of("hard", "gaussian", "linear"), "hard, gaussian or linear"),
+    ("model.roi_heads.nms_method", _one_of(*choices.NMS_METHODS), spell(choices.NMS_METHODS)),
     ("model.roi_heads.soft_nms_sigma", _positive, "> 0"),
     ("model.roi_heads.soft_nms_min_score", _unit, "a score in 0..1"),
-    ("data.train.format", _one_of(*FORMATS), f"one of {', '.join(FORMATS)}"),
-    ("data.val.format", _one_of(*FORMATS), f"one of {', '.join(FORMATS)}"),
+    ("data.train.format", _one_of(*choices.DATA_FORMATS), spell(choices.DATA_FORMATS)),
+    ("data.val.format", _one_of(*choices.DATA_FORMATS), spell(choices.DATA_FORMATS)),
     ("data.train.num_images", _at_least(1), ">= 1"),
     ("data.val.num_images", _at_least(1), ">= 1"),
     ("data.augment.hflip", _unit, "a probability in 0..1"),
@@ -88,18 +87,18 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.augment.saturation", _at_least(0), ">= 0 (0 = off)"),
     ("data.augment.hue", lambda v: 0 <= v <= 0.5, "in 0..0.5 (a fraction of the hue circle)"),
     ("data.workers", _at_least(0), ">= 0"),
-    ("data.policy", _one_of("skip", "strict"), "skip or strict"),
+    ("data.policy", _one_of(*choices.DATA_POLICIES), spell(choices.DATA_POLICIES)),
     ("train.epochs", _at_least(1), ">= 1"),
     ("train.batch_size", _at_least(1), ">= 1"),
     ("train.max_iters", _optional(_at_least(1)), ">= 1 (or null)"),
-    ("train.optimizer.name", _one_of("sgd", "adam", "adamw", "rmsprop"), "sgd, adam, adamw or rmsprop"),
+    ("train.optimizer.name", _one_of(*choices.OPTIMIZERS), spell(choices.OPTIMIZERS)),
     ("train.optimizer.lr", _positive, "> 0"),
     ("train.optimizer.lr_reference_batch", _optional(_at_least(1)), ">= 1 (or null for no scaling)"),
     ("train.optimizer.backbone_lr_mult", _at_least(0), ">= 0 (0 freezes the backbone's weights in place)"),
     ("train.optimizer.momentum", lambda v: 0 <= v < 1, "in 0..1 (1 excluded)"),
     ("train.optimizer.betas", lambda v: all(0 <= b < 1 for b in v), "two values in 0..1 (1 excluded)"),
     ("train.optimizer.weight_decay", _at_least(0), ">= 0"),
-    ("train.scheduler.name", _one_of("multistep", "step", "cosine", "constant"), "multistep, step, cosine or constant"),
+    ("train.scheduler.name", _one_of(*choices.SCHEDULES), spell(choices.SCHEDULES)),
     ("train.scheduler.milestones", lambda v: all(0 < m <= 1 for m in v) and list(v) == sorted(v),
      "increasing fractions of the run in 0..1"),
     ("train.scheduler.step_size", lambda v: 0 < v <= 1, "a fraction of the run in 0..1"),
@@ -107,9 +106,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.scheduler.min_lr_factor", _unit, "in 0..1"),
     ("train.scheduler.warmup_iters", _at_least(0), ">= 0"),
     ("train.scheduler.warmup_factor", lambda v: 0 < v <= 1, "in 0..1 (0 excluded)"),
-    ("train.scheduler.per", _one_of("iter", "epoch"), "iter or epoch"),
+    ("train.scheduler.per", _one_of(*choices.SCHEDULE_STEPS), spell(choices.SCHEDULE_STEPS)),
     ("train.clip_grad_norm", _optional(_positive), "> 0 (or null for no clipping)"),
-    ("train.non_finite", _one_of("stop", "rollback"), "stop or rollback"),
+    ("train.non_finite", _one_of(*choices.NON_FINITE_POLICIES), spell(choices.NON_FINITE_POLICIES)),
     ("train.max_rollbacks", _at_least(0), ">= 0"),
     ("train.rollback_lr_factor", lambda v: 0 < v < 1, "in 0..1 (both excluded)"),
     ("train.accumulate", _at_least(1), ">= 1"),

@@ -108,7 +108,7 @@ def test_torchvision_recipes_equal_the_builders(path, name):
         ("train.clip_grad_norm=-1", r"train.clip_grad_norm must be > 0 \(or null for no clipping\)"),
         ("train.device=gpu", r"train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ("data.policy=lenient", r"data.policy must be skip or strict, got 'lenient'"),
-        ("data.train={format: cocoa}", r"data.train.format must be one of coco, voc, yolo, synthetic, got 'cocoa'"),
+        ("data.train={format: cocoa}", r"data.train.format must be coco, voc, yolo or synthetic, got 'cocoa'"),
         ("model.anchors.aspect_ratios=[[0.5, 1.0], [1.0]]", r"model.anchors.sizes has 1 lists but model.anchors.aspect_ratios has 2"),
         ("model.anchors.sizes=[[0, 64]]", r"model.anchors.sizes must be one non-empty list of sizes > 0 per feature map"),
     ],

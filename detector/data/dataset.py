@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import torch
 
+from detector.choices import DATA_FORMATS, spell
 from detector.config import AugmentConfig, DatasetConfig
 from detector.data.records import CategoryMap, DataError, DatasetReport, ImageRecord, raise_if_strict
+from detector.errors import AugmentationError
 
 DEFAULT_SYNTHETIC_ROOT = Path("~/.cache/detector/synthetic")
 
@@ -86,7 +88,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             try:
                 image, boxes, labels = self.transform(image, boxes, labels)
             except Exception as error:  # name the sample; a bug here must not look like bad data
-                raise RuntimeError(f"{record.path} (image id {record.image_id!r}): augmentation failed: "
+                raise AugmentationError(f"{record.path} (image id {record.image_id!r}): augmentation failed: "
                                    f"{type(error).__name__}: {error}") from error
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
         target = {
@@ -134,7 +136,7 @@ def read_records(config: DatasetConfig, category_map: CategoryMap | None = None,
         root = Path(config.root).expanduser() if config.root else DEFAULT_SYNTHETIC_ROOT.expanduser()
         annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed)
         return read_coco(annotations, None, category_map, verify_images=verify_images)
-    raise DataError(f"data: unknown dataset format {config.format!r}; expected coco, voc, yolo or synthetic")
+    raise DataError(f"data: unknown dataset format {config.format!r}; expected {spell(DATA_FORMATS)}")
 
 
 def load_dataset(config: DatasetConfig, category_map: CategoryMap | None = None, *,

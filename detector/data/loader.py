@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from detector.data.dataset import SkippedSample
+from detector.errors import ConfigError
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -34,7 +35,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
                  group: bool = True, drop_last: bool = False, seed: int = 0,
                  indices: Sequence[int] | None = None, sampler: Iterable[int] | None = None) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.wide = [float(r) >= 1.0 for r in aspect_ratios]
         self.batch_size = batch_size
         self.shuffle = shuffle

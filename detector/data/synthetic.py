@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.errors import ConfigError
+
 CLASSES = ("circle", "square", "triangle", "cross")
 HUE_BANDS = {"circle": (0, 14), "square": (100, 124), "triangle": (45, 75), "cross": (135, 160)}  # OpenCV hue 0..180
 GENERATOR_VERSION = 1
@@ -35,9 +37,9 @@ def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: i
     """Draw (or reuse) `root/<split>/`: `images/*.jpg` and `instances.json` (COCO, categories
     1..4 = circle, square, triangle, cross). Returns the JSON's path."""
     if not split or "/" in split or split.startswith("."):
-        raise ValueError(f"synthetic split must be a plain name such as 'train' or 'val', got {split!r}")
+        raise ConfigError(f"synthetic split must be a plain name such as 'train' or 'val', got {split!r}")
     if num_images < 1:
-        raise ValueError(f"synthetic num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"synthetic num_images must be >= 1, got {num_images}")
     target = Path(root).expanduser() / split
     manifest = {"generator_version": GENERATOR_VERSION, "split": split, "num_images": int(num_images),
                 "seed": int(seed), "classes": list(CLASSES)}

@@ -32,6 +32,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.errors import EvaluationError
+
 # Indices into COCOeval.stats, in the order summarize() prints them.
 _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
 
@@ -77,7 +79,7 @@ def ground_truth_to_coco(ground_truth: Sequence[dict], categories: Sequence[tupl
     for index, entry in enumerate(ground_truth):
         image_id = int(entry.get("image_id", index + 1))
         if image_id in seen_ids:
-            raise ValueError(f"image {index} ({entry.get('file_name')}): image_id {image_id} is used twice")
+            raise EvaluationError(f"image {index} ({entry.get('file_name')}): image_id {image_id} is used twice")
         seen_ids.add(image_id)
         images.append({"id": image_id, "file_name": str(entry["file_name"]),
                        "width": int(entry["width"]), "height": int(entry["height"])})
@@ -85,7 +87,7 @@ def ground_truth_to_coco(ground_truth: Sequence[dict], categories: Sequence[tupl
         labels = _as_numpy(entry["labels"], np.int64).reshape(-1)
         iscrowd = _as_numpy(entry.get("iscrowd", np.zeros(len(labels))), bool).reshape(-1)
         if not len(boxes) == len(labels) == len(iscrowd):
-            raise ValueError(f"image {index} ({entry['file_name']}): {len(boxes)} boxes, "
+            raise EvaluationError(f"image {index} ({entry['file_name']}): {len(boxes)} boxes, "
                              f"{len(labels)} labels, {len(iscrowd)} iscrowd flags")
         _check_labels(labels, len(categories), f"ground truth of image {index} ({entry['file_name']})")
         for box, label, crowd in zip(boxes, labels, iscrowd):
@@ -104,7 +106,7 @@ def predictions_to_coco_results(
     """Predictions as a COCO results list: image_id, original category_id, xywh bbox, score."""
     images = coco_gt_dict["images"]
     if len(predictions) != len(images):
-        raise ValueError(f"{len(predictions)} prediction entries for {len(images)} ground-truth images: "
+        raise EvaluationError(f"{len(predictions)} prediction entries for {len(images)} ground-truth images: "
                          "give one (possibly empty) entry per image, in the same order")
     results = []
     for index, (prediction, image) in enumerate(zip(predictions, images)):
@@ -112,7 +114,7 @@ def predictions_to_coco_results(
         scores = _as_numpy(prediction["scores"], np.float64).reshape(-1)
         labels = _as_numpy(prediction["labels"], np.int64).reshape(-1)
         if not len(boxes) == len(scores) == len(labels):
-            raise ValueError(f"prediction of image {index} ({image['file_name']}): {len(boxes)} boxes, "
+            raise EvaluationError(f"prediction of image {index} ({image['file_name']}): {len(boxes)} boxes, "
                              f"{len(scores)} scores, {len(labels)} labels")
         _check_labels(labels, len(categories), f"prediction of image {index} ({image['file_name']})")
         for box, score, label in zip(boxes, scores, labels):
@@ -189,14 +191,14 @@ def _check_categories(categories: Sequence[tuple[int, str]]) -> None:
     ids = [int(cat_id) for cat_id, _ in categories]
     names = [name for _, name in categories]
     if not categories or len(set(ids)) != len(ids) or len(set(names)) != len(names):
-        raise ValueError(f"categories must be a non-empty list of (id, name) with unique ids and names, "
+        raise EvaluationError(f"categories must be a non-empty list of (id, name) with unique ids and names, "
                          f"got {list(categories)}")
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     bad = labels[(labels < 1) | (labels > num_classes)]
     if len(bad):
-        raise ValueError(f"{where}: label {int(bad[0])} is outside 1..{num_classes} "
+        raise EvaluationError(f"{where}: label {int(bad[0])} is outside 1..{num_classes} "
                          "(labels are contiguous; categories[label - 1] gives the category id)")
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
+from detector import choices
+from detector.choices import spell
 from detector.config import OptimizerConfig, SchedulerConfig
 from detector.errors import ConfigError
 
@@ -65,16 +68,18 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, backbone_pretrained:
     if lr is not None:
         cfg = dataclasses.replace(cfg, lr=lr)
     groups = parameter_groups(model, cfg, backbone_pretrained)
-    name = cfg.name.lower()
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ConfigError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; choose sgd, adam, adamw or rmsprop")
+    if cfg.name not in OPTIMIZER_BUILDERS:
+        raise ConfigError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; choose {spell(choices.OPTIMIZERS)}")
+    return OPTIMIZER_BUILDERS[cfg.name](groups, cfg)
+
+
+# One builder per name in choices.OPTIMIZERS (a test checks they agree).
+OPTIMIZER_BUILDERS: dict[str, Callable[[list[dict], OptimizerConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas),
+    "rmsprop": lambda groups, cfg: torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum),
+}
 
 
 def lr_factor(iteration: int, total_iters: int, iters_per_epoch: int, cfg: SchedulerConfig) -> float:
@@ -89,9 +94,9 @@ def lr_factor(iteration: int, total_iters: int, iters_per_epoch: int, cfg: Sched
     elif cfg.per == "iter":
         progress = iteration / max(total_iters, 1)
     else:
-        raise ConfigError(f"train.scheduler.per: {cfg.per!r}; choose iter or epoch")
+        raise ConfigError(f"train.scheduler.per: {cfg.per!r}; choose {spell(choices.SCHEDULE_STEPS)}")
 
-    name = cfg.name.lower()
+    name = cfg.name
     if name == "constant":
         decay = 1.0
     elif name == "multistep":
@@ -101,7 +106,7 @@ def lr_factor(iteration: int, total_iters: int, iters_per_epoch: int, cfg: Sched
     elif name == "cosine":
         decay = cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     else:
-        raise ConfigError(f"train.scheduler.name: unknown schedule {cfg.name!r}; choose multistep, step, cosine or constant")
+        raise ConfigError(f"train.scheduler.name: unknown schedule {cfg.name!r}; choose {spell(choices.SCHEDULES)}")
     return warmup * decay
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from detector.errors import InputError, WriteError
+
 # RGB. Saturated and far apart, so they stay apart on photos and after JPEG compression.
 PREDICTION_COLOR = (255, 40, 0)
 TRUTH_COLOR = (0, 220, 0)
@@ -103,7 +105,7 @@ def draw_detections(
     above the box). Boxes are xyxy pixels of this image; label l is named `class_names[l - 1]`."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"draw_detections wants an H,W,3 uint8 RGB image, got {image.dtype} {image.shape}")
+        raise InputError(f"draw_detections wants an H,W,3 uint8 RGB image, got {image.dtype} {image.shape}")
     canvas = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV draws and writes BGR
     height, width = canvas.shape[:2]
     thickness = max(2, round((height + width) / 600))
@@ -122,7 +124,7 @@ def draw_detections(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out_path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-        raise OSError(f"could not write {out_path} (OpenCV picks the format from the suffix: use .jpg)")
+        raise WriteError(f"could not write {out_path} (OpenCV picks the format from the suffix: use .jpg)")
     return out_path
 
 

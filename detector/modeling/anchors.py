@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detector.errors import ConfigError
+
 
 def cell_anchors(sizes: list[float], aspect_ratios: list[float]) -> Tensor:
     """The [A, 4] anchors around (0, 0) for one feature map; ratio = height / width."""
@@ -27,7 +29,7 @@ class AnchorGenerator(nn.Module):
     def __init__(self, sizes: list[list[float]], aspect_ratios: list[list[float]]):
         super().__init__()
         if len(sizes) != len(aspect_ratios):
-            raise ValueError(
+            raise ConfigError(
                 f"anchors: {len(sizes)} lists of sizes but {len(aspect_ratios)} lists of aspect ratios; "
                 "give one of each per feature map"
             )
@@ -42,7 +44,7 @@ class AnchorGenerator(nn.Module):
         """All anchors [sum(H_l * W_l * A_l), 4] of one padded image of size batch_shape (H, W);
         every image of the batch shares them."""
         if len(feature_maps) != len(self.cell_anchors):
-            raise ValueError(
+            raise ConfigError(
                 f"anchors: {len(self.cell_anchors)} anchor sets configured but the backbone returns "
                 f"{len(feature_maps)} feature maps; set model.anchors.sizes/aspect_ratios to one list per map"
             )

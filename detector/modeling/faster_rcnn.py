@@ -7,11 +7,16 @@ losses, eval returns [{"boxes", "labels", "scores"}] per image.
 """
 from __future__ import annotations
 
+import json
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
+from detector import choices
+from detector.choices import spell
 from detector.config import Config, ModelConfig
-from detector.errors import TargetError
+from detector.errors import ConfigError, TargetError
 from detector.modeling.anchors import AnchorGenerator
 from detector.modeling.backbones import build_backbone
 from detector.modeling.roi_heads import BoxPredictor, ConvFCHead, ROIHeads, TwoFCHead
@@ -93,10 +98,11 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         size_divisible=cfg.transform.size_divisible,
     )
 
+    check_anchors_fit_backbone(cfg, backbone)
     anchor_generator = AnchorGenerator(cfg.anchors.sizes, cfg.anchors.aspect_ratios)
     anchors_per_location = set(anchor_generator.num_anchors_per_location())
     if len(anchors_per_location) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.anchors: every feature map needs the same number of anchors per location (one shared "
             f"RPN head), got {anchor_generator.num_anchors_per_location()}"
         )
@@ -120,7 +126,7 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
     elif roi.head == "conv":
         box_head = ConvFCHead(backbone.out_channels, roi.pool_size, roi.conv_layers, roi.representation_size, roi.conv_norm)
     else:
-        raise ValueError(f"model.roi_heads.head: unknown head {roi.head!r}; choose 'two_fc' or 'conv'")
+        raise ConfigError(f"model.roi_heads.head: unknown head {roi.head!r}; choose {spell(choices.ROI_HEADS)}")
     # Every map but the max-pooled extra level of an FPN is pooled from, as in torchvision.
     featmap_names = [name for name in backbone.featmap_names if name != "pool"]
     roi_heads = ROIHeads(
@@ -140,3 +146,19 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         soft_nms_min_score=roi.soft_nms_min_score,
     )
     return FasterRCNN(transform, backbone, rpn, roi_heads, cfg.num_classes)
+
+
+def check_anchors_fit_backbone(cfg: ModelConfig, backbone: nn.Module) -> None:
+    """One anchor set per feature map the backbone returns, checked when the model is built
+    (not at the first forward pass), naming the keys to change."""
+    maps = len(backbone.featmap_names)
+    if len(cfg.anchors.sizes) != maps:
+        compact = partial(json.dumps, separators=(",", ":"))  # pastes as one shell word
+        suggestion = compact([list(sizes) for sizes in backbone.default_anchor_sizes])
+        ratios = compact([list(cfg.anchors.aspect_ratios[0])] * maps)
+        raise ConfigError(
+            f"model.anchors.sizes has {len(cfg.anchors.sizes)} list(s) but model.backbone.name="
+            f"{cfg.backbone.name} with model.backbone.fpn={str(cfg.backbone.fpn).lower()} returns {maps} feature "
+            f"map(s) (strides {', '.join(map(str, backbone.strides))}); give one list per map, e.g. "
+            f"model.anchors.sizes={suggestion} model.anchors.aspect_ratios={ratios}"
+        )

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector import ops
+from detector import choices, ops
+from detector.choices import spell
 from detector.ops.fallback import match_with_fallback
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.roi_pooler import RoIPooler
 from detector.modeling.sampler import sample_balanced
+from detector.errors import ConfigError, TargetError
 
 
 class TwoFCHead(nn.Module):
@@ -107,8 +109,8 @@ class ROIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
-        if nms_method not in ("hard", *ops.SOFT_NMS_METHODS):
-            raise ValueError(f"nms_method must be one of hard, {', '.join(ops.SOFT_NMS_METHODS)}, got {nms_method!r}")
+        if nms_method not in choices.NMS_METHODS:
+            raise ConfigError(f"model.roi_heads.nms_method: {spell(choices.NMS_METHODS)}, got {nms_method!r}")
         self.nms_method = nms_method
         self.soft_nms_sigma = soft_nms_sigma
         self.soft_nms_min_score = soft_nms_min_score
@@ -123,7 +125,7 @@ class ROIHeads(nn.Module):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if self.training:
             if targets is None:
-                raise ValueError("the ROI heads need targets in training mode")
+                raise TargetError("the ROI heads need targets in training mode")
             proposals, labels, regression_targets = self.label_and_sample_proposals(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))
         class_logits, box_deltas = self.box_predictor(box_features)

@@ -19,6 +19,7 @@ from detector.modeling.anchors import AnchorGenerator
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.sampler import sample_balanced
 from detector.modeling.transform import ImageList
+from detector.errors import TargetError
 
 
 class ConvReLU(nn.Sequential):
@@ -112,7 +113,7 @@ class RegionProposalNetwork(nn.Module):
         losses = {}
         if self.training:
             if targets is None:
-                raise ValueError("the RPN needs targets in training mode")
+                raise TargetError("the RPN needs targets in training mode")
             labels, regression_targets = self.label_anchors(anchors, targets)
             losses = self.compute_loss(objectness.view(num_images, -1), pred_deltas, labels, regression_targets)
         return boxes, losses

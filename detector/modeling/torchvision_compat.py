@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from detector.config import AnchorConfig, BackboneConfig, Config, ModelConfig, ROIHeadsConfig, RPNConfig, TransformConfig
-from detector.errors import CheckpointError
+from detector.errors import CheckpointError, ConfigError
 from detector.modeling.backbones.base import set_frozen_bn_eps
 from detector.modeling.faster_rcnn import FasterRCNN, build_model
 from detector.modeling.weights import load_matching_weights
@@ -49,7 +49,7 @@ def torchvision_config(name: str, num_classes: int = 90) -> Config:
             rpn=RPNConfig(score_thresh=0.05, pre_nms_top_n_test=150, post_nms_top_n_test=150),
         )
     else:
-        raise ValueError(f"from_torchvision: unknown model {name!r}; supported: {', '.join(SUPPORTED)}")
+        raise ConfigError(f"from_torchvision: unknown model {name!r}; supported: {', '.join(SUPPORTED)}")
     model.transform = transform
     model.num_classes = num_classes
     return Config(model=model)

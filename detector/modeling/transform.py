@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.errors import InputError
+
 
 @dataclass
 class ImageList:
@@ -54,9 +56,9 @@ class DetectionTransform(nn.Module):
         resized_targets = [] if targets is not None else None
         for index, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"image {index}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+                raise InputError(f"image {index}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
             if not image.is_floating_point():
-                raise TypeError(
+                raise InputError(
                     f"image {index}: expected a float tensor with values in 0..1, got {image.dtype} "
                     "(convert with image.float() / 255)"
                 )

@@ -10,6 +10,8 @@ import functools
 import torch
 from torch import Tensor
 
+from detector.errors import InputError, MissingDependencyError
+
 BACKENDS = ("auto", "triton", "torchvision")
 
 
@@ -25,12 +27,12 @@ def triton_importable() -> bool:
 def use_triton(backend: str, *boxes: Tensor) -> bool:
     """Whether the op should run the Triton kernels for these box tensors."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+        raise InputError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
     if backend == "torchvision":
         return False
     if backend == "triton":
         if not triton_importable():
-            raise ImportError("backend='triton' needs the triton package (pip install triton); use backend='torchvision'")
+            raise MissingDependencyError("backend='triton' needs the triton package (pip install triton); use backend='torchvision'")
         return True
     on_gpu = all(t.is_cuda and t.dtype == torch.float32 for t in boxes)
     return on_gpu and triton_importable()

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from detector.ops.boxes import box_iou_reference
+from detector.errors import InputError
 
 BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
@@ -30,7 +31,7 @@ def boxes_per_chunk(num_gt: int, pairs_per_chunk: int = PAIRS_PER_CHUNK) -> int:
 
 def check_thresholds(high: float, low: float) -> None:
     if low > high:
-        raise ValueError(f"low threshold {low} must be <= high threshold {high} (as torchvision's Matcher)")
+        raise InputError(f"low threshold {low} must be <= high threshold {high} (as torchvision's Matcher)")
 
 
 def apply_thresholds(best_iou: Tensor, best_gt: Tensor, high: float, low: float) -> Tensor:

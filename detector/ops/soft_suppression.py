@@ -18,7 +18,10 @@ import math
 import torch
 from torch import Tensor
 
-METHODS = ("gaussian", "linear")
+from detector.choices import SOFT_NMS_METHODS
+from detector.errors import InputError
+
+METHODS = SOFT_NMS_METHODS
 
 
 def soft_nms(
@@ -39,9 +42,9 @@ def soft_nms(
     from detector.ops import box_iou  # the package's IoU (Triton on CUDA); here: ops imports this module
 
     if method not in METHODS:
-        raise ValueError(f"soft_nms: method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InputError(f"soft_nms: method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
+        raise InputError(f"soft_nms: sigma must be > 0, got {sigma}")
     count = boxes.shape[0]
     picks = count if max_kept is None else min(count, max_kept)
     if picks == 0:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from detector import choices
+from detector.choices import spell
 from detector.config import BackboneConfig
 from detector.errors import ConfigError
 from detector.modeling.backbones.base import Backbone
@@ -22,6 +24,7 @@ from detector.modeling.backbones.efficientnet_lite import build_efficientnet_lit
 from detector.modeling.backbones.mobilenet import build_mobilenet_v2_backbone, build_mobilenet_v3_large_backbone
 from detector.modeling.backbones.resnet import build_resnet50_backbone
 
+# One builder per name in choices.BACKBONES (a test checks they agree).
 BUILDERS: dict[str, Callable[[BackboneConfig], Backbone]] = {
     "efficientnet_lite0": build_efficientnet_lite0_backbone,
     "resnet50": build_resnet50_backbone,
@@ -33,7 +36,7 @@ BUILDERS: dict[str, Callable[[BackboneConfig], Backbone]] = {
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     """The backbone `cfg` describes, with its pretrained weights loaded when `cfg.pretrained`."""
     if cfg.name not in BUILDERS:
-        raise ConfigError(f"model.backbone.name: unknown backbone {cfg.name!r}; choose one of {', '.join(BUILDERS)}")
+        raise ConfigError(f"model.backbone.name: unknown backbone {cfg.name!r}; choose {spell(choices.BACKBONES)}")
     return BUILDERS[cfg.name](cfg)
 
 

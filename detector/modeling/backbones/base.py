@@ -38,7 +38,7 @@ class IntermediateLayers(nn.ModuleDict):
             if not wanted:
                 break
         if wanted:
-            raise ValueError(f"layers {sorted(wanted)} are not children of {type(model).__name__}")
+            raise ConfigError(f"layers {sorted(wanted)} are not children of {type(model).__name__}")
         super().__init__(children)
         self.return_layers = dict(return_layers)
 
@@ -79,7 +79,7 @@ class Backbone(nn.Module):
         self.out_channels = out_channels
         names = list(body.return_layers.values()) + (["pool"] if fpn is not None else [])
         if not (len(names) == len(strides) == len(default_anchor_sizes)):
-            raise ValueError(f"maps {names}, strides {strides} and anchor sizes {default_anchor_sizes} disagree")
+            raise ConfigError(f"maps {names}, strides {strides} and anchor sizes {default_anchor_sizes} disagree")
         self.featmap_names = names
         self.strides = tuple(strides)
         self.default_anchor_sizes = tuple(tuple(sizes) for sizes in default_anchor_sizes)

@@ -34,6 +34,7 @@ from torch import Tensor
 from detector.ops.triton.inputs import as_float32_boxes, check_device
 from detector.ops.triton.reduce import sum_along
 from detector.ops.triton.tiled_iou import load_boxes, pairwise_iou
+from detector.errors import InputError, KernelError
 
 BOXES_PER_WORD = 64
 FOLD_WORDS = 256  # later blocks folded per step of the keep kernel: few steps, 2 words a thread
@@ -204,7 +205,7 @@ def nms_by_segment(boxes: Tensor, scores: Tensor, segment_keys: list[Tensor], io
     if num_boxes == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
     if num_boxes >= 2**31 // BOXES_PER_WORD:
-        raise ValueError(f"too many boxes for one NMS call: {num_boxes}")
+        raise KernelError(f"too many boxes for one NMS call: {num_boxes}")
 
     # Sort by (segment keys..., decreasing score, input index) with stable sorts, last key first.
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -241,7 +242,7 @@ def nms_by_segment(boxes: Tensor, scores: Tensor, segment_keys: list[Tensor], io
 def check_nms_inputs(boxes: Tensor, scores: Tensor) -> Tensor:
     boxes = as_float32_boxes(boxes, "boxes")
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"scores must be [N] for N = {boxes.shape[0]} boxes, got shape {tuple(scores.shape)}")
+        raise InputError(f"scores must be [N] for N = {boxes.shape[0]} boxes, got shape {tuple(scores.shape)}")
     check_device(_suppression_mask_kernel, boxes, scores)
     return boxes
 

@@ -21,6 +21,7 @@ from detector.ops.matcher import BELOW_LOW_THRESHOLD, apply_thresholds, check_th
 from detector.ops.triton.inputs import as_float32_boxes, check_device
 from detector.ops.triton.reduce import max_along, min_along
 from detector.ops.triton.tiled_iou import load_boxes, pairwise_iou
+from detector.errors import KernelError
 
 BLOCK_BOXES = 128
 BLOCK_GT = 32
@@ -124,7 +125,7 @@ def match(
     if num_gt == 0 or num_boxes == 0:
         return torch.full((num_boxes,), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=device)
     if num_gt >= 2**31 - 1:
-        raise ValueError(f"too many GT boxes for int32 indices: {num_gt}")
+        raise KernelError(f"too many GT boxes for int32 indices: {num_gt}")
 
     grid = (triton.cdiv(num_boxes, BLOCK_BOXES),)
     best_iou = torch.empty(num_boxes, dtype=torch.float32, device=device)

@@ -2,6 +2,8 @@
 import torch
 from torch import Tensor
 
+from detector.errors import InputError, KernelError
+
 
 def is_interpreted(kernel) -> bool:
     """True when ``kernel`` was defined under ``TRITON_INTERPRET=1`` (runs on CPU tensors)."""
@@ -14,7 +16,7 @@ def check_device(kernel, *tensors: Tensor) -> None:
         return
     for tensor in tensors:
         if tensor.device.type != "cuda":
-            raise RuntimeError(
+            raise KernelError(
                 f"backend='triton' needs CUDA tensors, got a tensor on {tensor.device}; for CPU tensors set "
                 "TRITON_INTERPRET=1 before detector.ops.triton is first imported, or use backend='torchvision'"
             )
@@ -23,7 +25,7 @@ def check_device(kernel, *tensors: Tensor) -> None:
 def as_float32_boxes(boxes: Tensor, name: str) -> Tensor:
     """Contiguous float32 [N, 4]: the kernels compute in fp32 and read rows of 4 coordinates."""
     if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must be [N, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
+        raise InputError(f"{name} must be [N, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
     if boxes.dtype != torch.float32:
-        raise TypeError(f"backend='triton' computes in float32; {name} is {boxes.dtype} (use backend='torchvision')")
+        raise InputError(f"backend='triton' computes in float32; {name} is {boxes.dtype} (use backend='torchvision')")
     return boxes.contiguous()

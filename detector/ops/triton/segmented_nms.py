@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from detector.ops.triton.bitmask_nms import check_nms_inputs, nms_by_segment
+from detector.errors import InputError
 
 
 def batched_nms(
@@ -25,7 +26,7 @@ def batched_nms(
     boxes = check_nms_inputs(boxes, scores)
     for name, key in (("idxs", idxs), ("image_idxs", image_idxs)):
         if key is not None and (key.dim() != 1 or key.shape[0] != boxes.shape[0]):
-            raise ValueError(f"{name} must be [N] for N = {boxes.shape[0]} boxes, got shape {tuple(key.shape)}")
+            raise InputError(f"{name} must be [N] for N = {boxes.shape[0]} boxes, got shape {tuple(key.shape)}")
     segment_keys = [idxs] if image_idxs is None else [image_idxs, idxs]
     kept = nms_by_segment(boxes, scores, segment_keys, iou_threshold)
     # Segment order -> decreasing score (ties by index), then by image when there are images.

@@ -1,0 +1,23 @@
+"""Every set of named choices a config can make, defined once.
+
+The config checks (`config_checks.py`) and the builders (optimizers, schedules, backbones, heads,
+NMS, data readers) both read these tuples, so a choice is added in one place and can never be
+accepted by one and refused by the other. No torch import here: config loading stays light.
+"""
+from __future__ import annotations
+
+BACKBONES = ("efficientnet_lite0", "resnet50", "mobilenet_v3_large", "mobilenet_v2")
+ROI_HEADS = ("two_fc", "conv")
+SOFT_NMS_METHODS = ("gaussian", "linear")
+NMS_METHODS = ("hard", *SOFT_NMS_METHODS)
+DATA_FORMATS = ("coco", "voc", "yolo", "synthetic")
+DATA_POLICIES = ("skip", "strict")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("multistep", "step", "cosine", "constant")
+SCHEDULE_STEPS = ("iter", "epoch")
+NON_FINITE_POLICIES = ("stop", "rollback")
+
+
+def spell(choices: tuple[str, ...]) -> str:
+    """'a, b or c': a set of choices as an error message lists them."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
