@@ -182,6 +182,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms (slower)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # evaluate on val every N epochs (and after the last)
+    patience: int | None = None  # early stop: end the run after this many epochs without a better val AP; null = off
     checkpoint_every_iters: int | None = None  # also save last.pt every N iterations
     log_every: int = 20  # iterations between log lines
     tensorboard: bool = False

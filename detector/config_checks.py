@@ -116,6 +116,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.device", lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
      "auto, cpu, cuda or cuda:N"),
     ("train.eval_every", _at_least(1), ">= 1"),
+    ("train.patience", _optional(_at_least(1)), ">= 1 epochs (or null: no early stopping)"),
     ("train.checkpoint_every_iters", _optional(_at_least(1)), ">= 1 (or null)"),
     ("train.log_every", _at_least(1), ">= 1"),
     ("train.num_val_images_drawn", _at_least(0), ">= 0"),

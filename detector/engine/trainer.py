@@ -9,13 +9,12 @@
 It prints the accounting first (N images, batch B -> iterations per epoch = ceil(N / B), or
 floor(N / B) with drop_last; total iterations), stops on a non-finite loss with the iteration,
 the losses and the images at fault (saving nothing), or rolls back to `last.pt` with a lower
-learning rate (`non_finite: rollback`, at most `max_rollbacks` times), writes `last.pt` every epoch (atomically),
-`best.pt` by validation AP, and keeps the run folder: config.yaml, results.csv, metrics.json,
-plots and validation images with predicted and true boxes.
+learning rate (`non_finite: rollback`, at most `max_rollbacks` times). Everything around the
+optimisation (evaluation, `last.pt` / `best.pt`, results.csv and plots, early stopping) is a
+hook (hooks.py) called after each iteration and epoch.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -30,15 +29,14 @@ from detector.config import Config, config_to_dict, save_config
 from detector.config_checks import check_data_paths
 from detector.data import build_loader, load_dataset
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from detector.engine.early_stopping import EarlyStoppingHook
 from detector.engine.evaluation import evaluate_model
+from detector.engine.hooks import LOSS_KEYS, CheckpointHook, EvaluationHook, Hook, LogHook
 from detector.engine.logger import RunLogger
 from detector.engine import distributed
 from detector.engine.optim import build_optimizer, build_scheduler, scaled_learning_rate
 from detector.errors import ConfigError, DetectorError
 from detector.modeling.faster_rcnn import build_model
-
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
-
 
 class NonFiniteLossError(DetectorError):
     """A loss became NaN or infinite; the message names the iteration, the losses and the images."""
@@ -95,12 +93,30 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def default_hooks(config: Config) -> list[Hook]:
+    """The hooks a run gets from its config, in the order they run after each epoch."""
+    hooks: list[Hook] = [EvaluationHook(), CheckpointHook(), LogHook()]
+    if config.train.patience is not None:
+        hooks.append(EarlyStoppingHook(config.train.patience))
+    return hooks
+
+
 class Trainer:
-    def __init__(self, config: Config, resume: str | Path | bool | None = None):
+    """Trains a Faster R-CNN from a `Config`: loads the data, builds the model, the optimizer
+    and the schedule, and runs `fit()`, which writes the run folder (`config.output`).
+
+    `resume`: True continues from `<output>/weights/last.pt`, a path from that checkpoint.
+    `hooks`: extra `Hook`s, called after the config's own (evaluation, checkpoints, logging,
+    early stopping).
+    """
+
+    def __init__(self, config: Config, resume: str | Path | bool | None = None, hooks: list[Hook] | None = None):
         self.config = config
         train = config.train
         if config.data.train is None:
             raise ConfigError("data.train: no training data configured")
+        if train.patience is not None and config.data.val is None:
+            raise ConfigError("train.patience: early stopping watches val AP, so it needs data.val")
         check_data_paths(config.data)
         self.device = distributed.init_distributed(train.device)  # one process of torchrun, or the only one
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
@@ -155,6 +171,11 @@ class Trainer:
         self.iteration = 0  # iterations completed
         self.batches_done_in_epoch = 0
         self.best_ap = -1.0  # so the first evaluation always writes best.pt
+        self.best_epoch: int | None = None
+        self.epoch_metrics: dict = {}  # this epoch's evaluation ({} when it had none); set by EvaluationHook
+        self.latest_metrics: dict = {}  # the latest evaluation
+        self.stop_reason: str | None = None  # set by a hook to end the run after this epoch
+        self.hooks = default_hooks(config) + list(hooks or [])
         self.skipped_reported = 0  # samples of self.loader.skipped already logged
         self.rollbacks = 0  # non-finite losses rolled back so far (train.non_finite: rollback)
         if resume:  # every process loads the same file
@@ -174,6 +195,7 @@ class Trainer:
             "iteration": self.iteration,
             "batches_done_in_epoch": self.batches_done_in_epoch,
             "best_ap": self.best_ap,
+            "best_epoch": self.best_epoch,
             "rollbacks": self.rollbacks,
             "rng": rng_states(),
             "config": config_to_dict(self.config),
@@ -191,6 +213,7 @@ class Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.batches_done_in_epoch = state["batches_done_in_epoch"]
         self.best_ap = state["best_ap"]
+        self.best_epoch = state.get("best_epoch")
         self.rollbacks = state.get("rollbacks", 0)
         restore_rng_states(state["rng"])
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, iteration {self.iteration}, "
@@ -209,10 +232,9 @@ class Trainer:
             f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
             for g in self.optimizer.param_groups))
         self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
-        metrics: dict = {}
-        if train.non_finite == "rollback" and not (self.weights_dir / "last.pt").exists():
-            self.save(self.state(), "last.pt")  # something to roll back to
-        while self.iteration < self.accounting.total_iters:
+        for hook in self.hooks:
+            hook.before_train(self)
+        while self.iteration < self.accounting.total_iters and self.stop_reason is None:
             try:
                 epoch_losses = self.train_one_epoch()
             except NonFiniteLossError as error:
@@ -220,14 +242,16 @@ class Trainer:
                 continue
             self.epoch += 1
             self.batches_done_in_epoch = 0
-            last_epoch = self.iteration >= self.accounting.total_iters
-            if self.val_set is not None and (self.epoch % train.eval_every == 0 or last_epoch):
-                metrics = self.evaluate()
-            self.end_epoch(epoch_losses, metrics if metrics.get("epoch") == self.epoch else {})
+            for hook in self.hooks:
+                hook.after_epoch(self, epoch_losses)
+        for hook in self.hooks:
+            hook.after_train(self)
+        if self.stop_reason:
+            self.log.info(self.stop_reason)
         self.log.info(f"done: {self.iteration} iterations; weights in {self.weights_dir}")
         self.log.close()
         distributed.barrier()  # no process leaves (and may tear down the group) before rank 0 has saved
-        return metrics
+        return self.latest_metrics
 
     def train_one_epoch(self) -> dict[str, float]:
         train = self.config.train
@@ -279,12 +303,8 @@ class Trainer:
                 for key in LOSS_KEYS:
                     sums[key] += losses[key].item()
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.base_lr():.2e}")
-                if self.iteration % train.log_every == 0:
-                    self.log.scalars({**{k: v.item() for k, v in losses.items()}, "loss": loss.item(), "lr": self.base_lr(),
-                                      **self.model.rpn.last_sampled_counts, **self.model.roi_heads.last_sampled_counts},
-                                     self.iteration)
-            if train.checkpoint_every_iters and self.iteration % train.checkpoint_every_iters == 0:
-                self.save(self.state(), "last.pt")
+            for hook in self.hooks:
+                hook.after_step(self, losses)
         progress.close()
         means = {key: value / max(losses_counted, 1) for key, value in sums.items()}
         means = distributed.mean_over_processes(means, self.device)  # the losses of the global batch
@@ -359,22 +379,6 @@ class Trainer:
             self.log.warning(f"validation: {sample}; left out of the metrics")
         self.log.info(f"epoch {self.epoch}: AP {_fmt(metrics['AP'])}  AP50 {_fmt(metrics['AP50'])}  AP75 {_fmt(metrics['AP75'])}")
         return metrics
-
-    def end_epoch(self, losses: dict[str, float], metrics: dict) -> None:
-        is_best = bool(metrics) and (metrics["AP"] or 0.0) > self.best_ap
-        if is_best:
-            self.best_ap = metrics["AP"] or 0.0
-        state = self.state(metrics)
-        self.save(state, "last.pt")
-        if is_best:
-            self.save(state, "best.pt")
-            if distributed.is_main():
-                (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the best epoch's
-        row = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.base_lr(),
-               **{k: round(v, 6) for k, v in losses.items() if k in LOSS_KEYS or k == "loss"},
-               "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(losses["time"], 1),
-               "images_per_s": round(losses["images_per_s"], 2)}
-        self.log.results_row(row)
 
     def save(self, state: dict, name: str) -> None:
         """A checkpoint in weights/, written by rank 0 only."""
