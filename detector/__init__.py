@@ -1,5 +1,7 @@
 """detector: a Faster R-CNN you can train on your own data, trust and read."""
 from detector.config import Config, load_config
+from detector.engine.predictor import Predictor
+from detector.engine.trainer import Trainer
 from detector.errors import CheckpointError, ConfigError, DetectorError, TargetError
 from detector.modeling.faster_rcnn import FasterRCNN, build_model
 from detector.modeling.torchvision_compat import from_torchvision, torchvision_config
@@ -13,7 +15,9 @@ __all__ = [
     "ConfigError",
     "DetectorError",
     "FasterRCNN",
+    "Predictor",
     "TargetError",
+    "Trainer",
     "build_model",
     "from_torchvision",
     "load_config",

@@ -33,6 +33,14 @@ TEST_TIME_KEYS = (
 
 
 class Predictor:
+    """Runs a trained model on images: `predict(list of H,W,3 uint8 RGB arrays)` returns one
+    {"boxes", "labels", "scores"} per image, in pixels of that image, batched whatever the sizes.
+
+    `Predictor.from_checkpoint(path)` builds the model from a checkpoint `detector train`
+    wrote, with its class mapping: `category_ids` / `category_names` turn the labels 1..K back
+    into the dataset's own ids and names.
+    """
+
     def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device,
                  channels_last: bool = True):
         memory_format = torch.channels_last if channels_last else torch.preserve_format  # NHWC: faster convolutions

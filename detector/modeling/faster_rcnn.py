@@ -26,6 +26,16 @@ from detector.modeling.transform import DetectionTransform
 
 
 class FasterRCNN(nn.Module):
+    """Faster R-CNN (Ren et al., 2015): transform -> backbone -> RPN -> ROI heads.
+
+    Built by `build_model(config)`; the parts are injected, so each can be swapped or tested
+    alone. `model(images, targets)` in train mode returns the four losses (`loss_objectness`,
+    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`); in eval mode `model(images)` returns
+    one {"boxes" [N, 4] xyxy, "labels" [N] in 1..K, "scores" [N]} per image, in the coordinates
+    of the image given. `images`: list of [3, H, W] float tensors in 0..1, any sizes. Label 0
+    is background and is never returned.
+    """
+
     def __init__(
         self,
         transform: DetectionTransform,

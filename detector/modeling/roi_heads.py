@@ -80,6 +80,17 @@ class BoxPredictor(nn.Module):
 
 
 class ROIHeads(nn.Module):
+    """The second stage: RoIAlign features of each proposal -> box head -> class scores and
+    per-class box refinements.
+
+    Training: the ground-truth boxes join the proposals, proposals are matched at
+    `fg_iou_thresh`, `batch_size_per_image` are sampled at `positive_fraction` objects, and the
+    losses are softmax + cross-entropy over K+1 classes and smooth-L1 on the true class's deltas.
+    Inference: softmax, decode per class, drop scores < `score_thresh`, per-class NMS at
+    `nms_thresh` (or Soft-NMS with `nms_method` gaussian / linear), keep `detections_per_img`.
+    `forward(features, proposals, image_sizes, targets)` returns (detections, losses).
+    """
+
     def __init__(
         self,
         box_roi_pool: RoIPooler,

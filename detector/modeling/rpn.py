@@ -60,6 +60,18 @@ def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Ten
 
 
 class RegionProposalNetwork(nn.Module):
+    """The Region Proposal Network: objectness and box deltas for every anchor, turned into
+    proposals for the ROI heads.
+
+    Training: anchors are labelled by IoU with the ground truth (>= fg_iou_thresh object,
+    < bg_iou_thresh background, each box's best anchors object), `batch_size_per_image`
+    anchors are sampled per image at `positive_fraction` objects, and the losses are
+    sigmoid + BCE on objectness and smooth-L1 on the deltas of the object anchors.
+    Proposals (both modes): decode, keep the `pre_nms_top_n` best per map, clip, drop tiny
+    boxes, NMS at `nms_thresh` per map, keep the `post_nms_top_n` best per image.
+    `forward(images, features, targets)` returns (proposals per image, losses).
+    """
+
     def __init__(
         self,
         anchor_generator: AnchorGenerator,
