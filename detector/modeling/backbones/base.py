@@ -102,6 +102,13 @@ class FrozenBatchNorm2d(TorchvisionFrozenBatchNorm2d):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+def fold_frozen_batch_norm(conv_weight: Tensor, bn: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of a bias-free conv followed by `bn`, as one conv: scale = gamma / sqrt(var + eps)
+    multiplies the weights of each output channel, beta - mean * scale is the bias."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return conv_weight * scale.view(-1, 1, 1, 1).to(conv_weight.dtype), (bn.bias - bn.running_mean * scale).to(conv_weight.dtype)
+
+
 def batch_norm_layer(frozen: bool, eps: float = 1e-5, momentum: float = 0.1) -> Callable[[int], nn.Module]:
     """FrozenBatchNorm2d (fixed statistics and affine: right for small detection batches) or a
     trainable BatchNorm2d. `eps` must be the one the pretrained weights were trained with."""

@@ -47,9 +47,11 @@ from detector.config import BackboneConfig
 from detector.errors import CheckpointError
 from detector.modeling.backbones.base import (
     Backbone,
+    FrozenBatchNorm2d,
     IntermediateLayers,
     batch_norm_layer,
     check_trainable_layers,
+    fold_frozen_batch_norm,
     freeze,
 )
 from detector.modeling.backbones.fpn import FeaturePyramidNetwork
@@ -88,12 +90,15 @@ class Conv2dSamePadding(nn.Conv2d):
     shifts every stride-2 layer by one pixel (and measurably lowers the cat's probability)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.pad_same(x))
+
+    def pad_same(self, x: Tensor) -> Tensor:
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             out_size = (size + s - 1) // s  # ceil, in integers (traceable)
             total = max((out_size - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]  # (left, right), then (top, bottom)
-        return super().forward(F.pad(x, pads))
+        return F.pad(x, pads)
 
 
 class ConvBNAct(nn.Sequential):
@@ -108,6 +113,18 @@ class ConvBNAct(nn.Sequential):
         if activation:
             layers["act"] = nn.ReLU6(inplace=True)
         super().__init__(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(self.bn, FrozenBatchNorm2d):  # trainable BatchNorm: batch statistics, untouched
+            return super().forward(x)
+        # A frozen BatchNorm is an affine map: folded into the conv's weights and bias, it costs
+        # no pass over the activations, forward or backward (gradients reach the conv unchanged).
+        conv = self.conv
+        weight, bias = fold_frozen_batch_norm(conv.weight, self.bn)
+        if isinstance(conv, Conv2dSamePadding):
+            x = conv.pad_same(x)
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self.act(x) if "act" in self._modules else x
 
 
 class MBConv(nn.Module):

@@ -144,3 +144,30 @@ def test_interface_of_both_variants():
     assert fpn.strides == (8, 16, 32, 64) and fpn.out_channels == 64
     assert [block[0].in_channels for block in fpn.fpn.inner_blocks] == [40, 112, 320]
     assert fpn.default_anchor_sizes == ((64,), (128,), (256,), (512,))
+
+
+def test_frozen_batch_norm_folded_into_the_conv_gives_the_same_outputs_and_gradients():
+    """ConvBNAct folds a FrozenBatchNorm2d into its conv (no pass over the activations); the
+    plain conv -> BatchNorm -> ReLU6 sequence is the reference, in training as in inference."""
+    from torch import nn
+
+    from detector.modeling.backbones.base import batch_norm_layer
+    from detector.modeling.backbones.efficientnet_lite import ConvBNAct
+
+    torch.manual_seed(0)
+    block = ConvBNAct(8, 16, 3, stride=2, norm_layer=batch_norm_layer(True, eps=1e-3))
+    with torch.no_grad():
+        block.bn.weight.uniform_(0.5, 2.0), block.bn.bias.normal_(), block.bn.running_mean.normal_()
+        block.bn.running_var.uniform_(0.1, 3.0)
+    x = torch.randn(2, 8, 17, 22)
+    folded = block(x)
+    reference = nn.Sequential.forward(block, x)
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
+    (grad_folded,) = torch.autograd.grad(folded.square().sum(), block.conv.weight)
+    (grad_reference,) = torch.autograd.grad(nn.Sequential.forward(block, x).square().sum(), block.conv.weight)
+    torch.testing.assert_close(grad_folded, grad_reference, rtol=1e-4, atol=1e-4)
+
+    trainable = ConvBNAct(8, 16, 1, norm_layer=batch_norm_layer(False)).train()
+    before = trainable.bn.running_mean.clone()
+    trainable(x)
+    assert not torch.equal(trainable.bn.running_mean, before)  # trainable BatchNorm still learns its statistics
