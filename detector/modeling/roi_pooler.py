@@ -11,9 +11,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
-
 from detector import ops
+from detector.ops import roi_align
 
 
 def infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:

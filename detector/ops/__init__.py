@@ -15,6 +15,7 @@ from detector.ops.backend import triton_kernels, use_triton
 from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
 from detector.ops import soft_suppression
+from detector.ops.roi_align import roi_align
 from detector.ops.soft_suppression import METHODS as SOFT_NMS_METHODS
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "match",
     "nms",
     "remove_small_boxes",
+    "roi_align",
     "soft_nms",
 ]
 

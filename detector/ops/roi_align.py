@@ -1,26 +1,27 @@
-"""RoIAlign on the CPU as a sparse matrix product, forward and backward.
+"""RoIAlign's backward pass on the CPU as a sparse matrix product.
 
 Every output cell of RoIAlign (RoI r, bin (i, j)) is a weighted sum of at most
 4 x samples-per-bin feature cells: bilinear interpolation at a grid of sample points, averaged.
 Written as a sparse matrix W [R * ph * pw, N * H * W] over the feature map laid out as rows of
-channels [N * H * W, C] (a free view of a channels-last map), the op is
+channels [N * H * W, C] (a free view of a channels-last map), the forward pass is out = W @ F
+and the backward pass is
 
-    forward:   out  = W @ features            backward:   grad_features = W^T @ grad_out
+    grad_features = W^T @ grad_out
 
-two sparse-dense products that MKL runs on every core, where torchvision's CPU kernel scatters
-the backward pass serially, one RoI after another. The weights follow torchvision's
-`roi_align` exactly (its bilinear rule, clamping, `aligned`, fixed and adaptive
-`sampling_ratio`), so values and gradients equal torchvision's to float rounding (tested).
+one sparse-dense product that MKL spreads over every core, where torchvision's CPU kernel
+scatters the gradient serially, one RoI after another. The forward values stay torchvision's own
+(bit for bit, so detections and losses still equal torchvision's); W follows its sampling
+exactly (bilinear rule, clamping, `aligned`, fixed and adaptive `sampling_ratio`), so the
+gradients equal torchvision's to float rounding (tested).
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
+import torchvision
 from torch import Tensor
 
-# CSR @ dense is all this module uses of torch's sparse support, and it is tested here.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_size: tuple[int, int],
@@ -78,16 +79,13 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
 
 
 class SamplingMatrix:
-    """W in CSR form, built directly: every row has the same number of entries (masked samples
-    weigh 0, a corner clamped onto another adds to it), so no sort is needed. W^T is built only
-    for the backward pass, by one stable sort of the column indices."""
+    """W as its entries in row order: every row (output cell) has the same number of entries
+    (a masked sample weighs 0, a corner clamped onto another adds to it). `transposed()` gives
+    W^T in CSR form, by one stable sort of the column indices."""
 
     def __init__(self, columns: Tensor, weights: Tensor, num_rows: int, num_columns: int):
         self.columns, self.weights = columns, weights
         self.shape = (num_rows, num_columns)
-        per_row = columns.numel() // max(num_rows, 1)
-        crow = torch.arange(0, num_rows + 1, device=columns.device) * per_row
-        self.csr = torch.sparse_csr_tensor(crow, columns, weights, self.shape, check_invariants=False)
 
     def transposed(self) -> Tensor:
         per_row = self.columns.numel() // max(self.shape[0], 1)
@@ -95,7 +93,9 @@ class SamplingMatrix:
         rows = torch.div(order, per_row, rounding_mode="floor")
         crow = torch.zeros(self.shape[1] + 1, dtype=torch.long, device=self.columns.device)
         crow[1:] = torch.cumsum(torch.bincount(self.columns, minlength=self.shape[1]), 0)
-        return torch.sparse_csr_tensor(crow, rows, self.weights[order], self.shape[::-1], check_invariants=False)
+        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all we use, and it is tested
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, rows, self.weights[order], self.shape[::-1], check_invariants=False)
 
 
 def _bilinear_axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -111,36 +111,53 @@ def _bilinear_axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, T
     return low, high, coords - low.to(coords.dtype), inside
 
 
-class _SparseRoIAlign(torch.autograd.Function):
+class _RoIAlignSparseBackward(torch.autograd.Function):
+    """Forward: torchvision's kernel (its exact values, so detections and losses stay equal to
+    torchvision's). Backward: W^T @ grad_out, parallel, instead of torchvision's serial scatter."""
+
     @staticmethod
-    def forward(ctx, features: Tensor, matrix: Tensor, output_size: tuple[int, int]) -> Tensor:
-        num_images, channels, height, width = features.shape
-        rows = features.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when channels-last
-        out = torch.sparse.mm(matrix.csr, rows)  # [R * ph * pw, C]
-        ctx.matrix = matrix  # holds no tensor that requires grad
+    def forward(ctx, features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        ctx.save_for_backward(rois)
+        ctx.options = (output_size, spatial_scale, sampling_ratio, aligned)
         ctx.feature_shape = features.shape
         ctx.channels_last = features.is_contiguous(memory_format=torch.channels_last)
-        return out.view(-1, *output_size, channels).permute(0, 3, 1, 2)
+        return torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        matrix = ctx.matrix
         num_images, channels, height, width = ctx.feature_shape
-        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, channels)
+        (rois,) = ctx.saved_tensors
+        matrix = sampling_matrix(rois.to(grad_out.dtype), (num_images, height, width), *ctx.options)
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, channels)  # [R * ph * pw, C]
         grad = torch.sparse.mm(matrix.transposed(), grad_rows)  # [N * H * W, C]
         grad = grad.view(num_images, height, width, channels).permute(0, 3, 1, 2)
-        return (grad if ctx.channels_last else grad.contiguous()), None, None
+        return (grad if ctx.channels_last else grad.contiguous()), None, None, None, None, None
 
 
-def roi_align_sparse(features: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
-                     sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
-    """torchvision.ops.roi_align (rois [K, 5]: batch index, x1, y1, x2, y2) as sparse products.
-    The output is [K, C, ph, pw] laid out channels-last."""
+def roi_align_sparse_backward(features: Tensor, rois: Tensor, output_size: int | tuple[int, int],
+                              spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """torchvision.ops.roi_align (rois [K, 5]: batch index, x1, y1, x2, y2), the same values,
+    with the backward pass as one sparse-dense product."""
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
-    num_images, channels, height, width = features.shape
-    if rois.shape[0] == 0:
-        return features.new_zeros((0, channels, *output_size)) + 0 * features.sum()  # keeps the graph
-    matrix = sampling_matrix(rois.detach().to(features.dtype), (num_images, height, width), tuple(output_size),
-                             spatial_scale, sampling_ratio, aligned)
-    return _SparseRoIAlign.apply(features, matrix, tuple(output_size))
+    return _RoIAlignSparseBackward.apply(features, rois.detach(), tuple(output_size), spatial_scale, sampling_ratio,
+                                         aligned)
+
+
+def roi_align(features: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """torchvision's RoIAlign; on CPU tensors that need a gradient, with the sparse-matrix backward
+    (torchvision's CPU backward is a serial scatter). Plain torchvision on other devices, without
+    a gradient, and while a graph is traced or exported (it maps to ONNX RoiAlign)."""
+    needs_grad = features.requires_grad and torch.is_grad_enabled()
+    if features.device.type != "cpu" or not needs_grad or _capturing_a_graph():
+        return torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align_sparse_backward(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _capturing_a_graph() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or bool(compiler and compiler.is_compiling())
+            or bool(compiler and getattr(compiler, "is_exporting", lambda: False)()))
