@@ -118,9 +118,8 @@ class RegionProposalNetwork(nn.Module):
         objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
         num_images = objectness.shape[0]
 
-        proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
-        proposals = proposals.view(num_images, -1, 4)
-        boxes = self.filter_proposals(proposals, objectness.detach().view(num_images, -1), images.image_sizes, anchors_per_level)
+        boxes = self.filter_proposals(anchors, pred_deltas.detach(), objectness.detach().view(num_images, -1),
+                                      images.image_sizes, anchors_per_level)
 
         losses = {}
         if self.training:
@@ -170,11 +169,13 @@ class RegionProposalNetwork(nn.Module):
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
 
     def filter_proposals(
-        self, proposals: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], anchors_per_level: list[int]
+        self, anchors: Tensor, deltas: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]],
+        anchors_per_level: list[int],
     ) -> list[Tensor]:
-        """Top-n per level by objectness, clip, drop tiny and low-score boxes, NMS per level, top-n."""
-        num_images = proposals.shape[0]
-        device = proposals.device
+        """Top-n per level by objectness, decode (only those: the rest would be thrown away), clip,
+        drop tiny and low-score boxes, NMS per level, top-n."""
+        num_images = objectness.shape[0]
+        device = objectness.device
         levels = torch.cat(
             [torch.full((n,), level, dtype=torch.int64, device=device) for level, n in enumerate(anchors_per_level)]
         )
@@ -187,7 +188,8 @@ class RegionProposalNetwork(nn.Module):
         batch_index = torch.arange(num_images, device=device)[:, None]
         scores = torch.sigmoid(objectness[batch_index, top_indices])
         levels = levels[top_indices]
-        proposals = proposals[batch_index, top_indices]
+        proposals = self.box_coder.decode(deltas[batch_index, top_indices].reshape(-1, 4), anchors[top_indices].reshape(-1, 4))
+        proposals = proposals.view(num_images, -1, 4)
 
         kept_boxes = []
         for boxes, image_scores, image_levels, image_size in zip(proposals, scores, levels, image_sizes):
