@@ -133,6 +133,7 @@ class DataConfig:
     val: DatasetConfig | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 2  # loader processes (0 = in the main process)
+    cache: str | None = None  # ram: decode every image once and keep it in memory (small data sets); null = read each time
     group_aspect_ratio: bool = True  # batch wide with wide, tall with tall: less padding
     policy: str = "skip"  # bad samples: skip (report and go on) | strict (stop before training, listing all)
 

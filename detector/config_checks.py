@@ -87,6 +87,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.augment.saturation", _at_least(0), ">= 0 (0 = off)"),
     ("data.augment.hue", lambda v: 0 <= v <= 0.5, "in 0..0.5 (a fraction of the hue circle)"),
     ("data.workers", _at_least(0), ">= 0"),
+    ("data.cache", _optional(_one_of(*choices.DATA_CACHES)), f"{spell(choices.DATA_CACHES)} (or null)"),
     ("data.policy", _one_of(*choices.DATA_POLICIES), spell(choices.DATA_POLICIES)),
     ("train.epochs", _at_least(1), ">= 1"),
     ("train.batch_size", _at_least(1), ">= 1"),

@@ -70,6 +70,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.report = report
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.cached_images: list[np.ndarray | None] | None = None  # data.cache: ram
+
+    def cache_images(self) -> int:
+        """Decode every image once and keep it in RAM (`data.cache: ram`), so that epochs after
+        the first decode no JPEG; returns the bytes held. Call it before the loader starts its
+        workers: they inherit the cache (copy-on-write) instead of filling one each. An image
+        that fails to decode is not cached; it is read, and skipped or raised, when used."""
+        self.cached_images = []
+        for record in self.records:
+            try:
+                self.cached_images.append(read_record_image(record))
+            except DataError:
+                self.cached_images.append(None)
+        return sum(image.nbytes for image in self.cached_images if image is not None)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,7 +91,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | SkippedSample:
         record = self.records[index]
         try:
-            image = read_record_image(record)
+            cached = self.cached_images[index] if self.cached_images is not None else None
+            # A copy: no augmentation may ever change the cached pixels in place.
+            image = cached.copy() if cached is not None else read_record_image(record)
         except DataError as error:
             if not self.skip_unreadable:
                 raise
@@ -89,7 +105,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 image, boxes, labels = self.transform(image, boxes, labels)
             except Exception as error:  # name the sample; a bug here must not look like bad data
                 raise AugmentationError(f"{record.path} (image id {record.image_id!r}): augmentation failed: "
-                                   f"{type(error).__name__}: {error}") from error
+                                        f"{type(error).__name__}: {error}") from error
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),

@@ -135,6 +135,11 @@ class Trainer:
         self.log.info(f"train data: {self.train_set.summary()}")
         if self.val_set is not None:
             self.log.info(f"val data: {self.val_set.summary()}")
+        if config.data.cache == "ram":
+            for name, dataset in (("train", self.train_set), ("val", self.val_set)):
+                if dataset is not None:
+                    self.log.info(f"data.cache: ram: {name} images decoded once, "
+                                  f"{dataset.cache_images() / 2**20:.0f} MB held in memory")
 
         # The number of classes comes from the data, never from a guess.
         config.model.num_classes = len(self.category_map)

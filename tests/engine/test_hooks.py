@@ -67,10 +67,12 @@ def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path):
 
 
 def test_without_patience_the_run_goes_to_the_end(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "run", "train.epochs=3", "train.eval_every=1"))
+    trainer = Trainer(tiny_config(tmp_path, "run", "train.epochs=3", "train.eval_every=1", "data.cache=ram"))
     scripted_ap(trainer, [0.3, 0.1, 0.1])
     trainer.fit()
     assert trainer.epoch == 3 and trainer.best_epoch == 1
+    assert all(image is not None for image in trainer.train_set.cached_images)  # data.cache=ram, used by the run
+    assert "data.cache: ram: train images decoded once" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_early_stopping_state_survives_resume(tmp_path):
