@@ -16,7 +16,8 @@ from detector.engine.checkpoint import save_checkpoint
 
 SMALL = ["model.transform.min_size=256", "model.transform.max_size=384", "model.rpn.pre_nms_top_n_test=500",
          "model.rpn.post_nms_top_n_test=300"]
-CATEGORIES = {"ids": [3, 7, 11], "names": ["cat", "dog", "bird"]}
+# The synthetic demo set's classes, so `detector eval` can score the test model on it.
+CATEGORIES = {"ids": [1, 2, 3, 4], "names": ["circle", "square", "triangle", "cross"]}
 
 
 def photos() -> list[np.ndarray]:
@@ -38,7 +39,7 @@ def make_checkpoint(path: Path, overrides: list[str] = (), seed: int = 0):
     random with a fixed seed and a spread that gives scores across 0..1 on real photos. The
     background bias is set so that a black image scores below 0.045 everywhere (an image with
     no detection). Returns (path, the eager model in eval mode)."""
-    config = load_config(None, ["model.num_classes=3", *SMALL, *overrides])
+    config = load_config(None, ["model.num_classes=4", *SMALL, *overrides])
     torch.manual_seed(seed)
     model = build_model(config).eval()
     torch.nn.init.normal_(model.rpn.head.cls_logits.weight, std=0.05)

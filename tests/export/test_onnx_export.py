@@ -7,21 +7,11 @@ import numpy as np
 import onnx
 import pytest
 
-from detector.export.onnx import export_onnx, signature
+from detector.export.onnx import signature
 from detector.export.runtime import OnnxPredictor
-from export_helpers import (CATEGORIES, as_tensor, assert_same_detections, eager_detections, make_checkpoint, photos,
-                            resized)
+from export_helpers import CATEGORIES, as_tensor, assert_same_detections, eager_detections, photos, resized
 
 SIZES = [(333, 517), (1000, 200), (448, 224)]
-
-
-@pytest.fixture(scope="module")
-def lite0(tmp_path_factory):
-    """(checkpoint, exported at batch 4, its ONNX Runtime predictor, the eager model)."""
-    root = tmp_path_factory.mktemp("lite0")
-    checkpoint, model = make_checkpoint(root / "model.pt")
-    onnx_path = export_onnx(checkpoint, root / "model.onnx", example_batch=4)
-    return checkpoint, onnx_path, OnnxPredictor(onnx_path), model
 
 
 def run(predictor, images):
@@ -52,7 +42,7 @@ def test_one_graph_with_dynamic_batch_and_size_and_the_deployment_metadata(lite0
     assert meta["image_mean"] == pytest.approx([127 / 255] * 3) and meta["image_std"] == pytest.approx([128 / 255] * 3)
     assert (meta["min_size"], meta["max_size"], meta["size_divisible"]) == (256, 384, 32)
     assert (meta["score_thresh"], meta["nms_method"], meta["detections_per_img"]) == (0.05, "hard", 100)
-    assert meta["config"]["model"]["num_classes"] == 3
+    assert meta["config"]["model"]["num_classes"] == 4
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
