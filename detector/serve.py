@@ -10,7 +10,7 @@ Bad input gets a 4xx JSON {"error": "..."} naming the problem: an empty upload (
 decoder reads or a truncated one (415), more bytes or pixels than the limits (413). The upload
 is checked and decoded by the same code as `detector predict`.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoint's annotations at run time.
 
 import os
 import tempfile
