@@ -41,7 +41,6 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     """Export checkpoint `weights` to `out` (default: beside it, `.onnx`); returns the path.
     `overrides` change test-time settings first, as `detector predict --set` does."""
     onnx = require("onnx", "export", "ONNX export")
-    require("onnxscript", "export", "ONNX export")
     from detector.engine.checkpoint import load_checkpoint
     from detector.config import parse_override, set_dotted
     from detector.engine.predictor import Predictor

@@ -34,18 +34,21 @@ def as_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
 
 
-def make_checkpoint(path: Path, overrides: list[str] = (), seed: int = 0):
-    """A checkpoint like `detector train` writes: pretrained Lite0 backbone, heads drawn at
-    random with a fixed seed and a spread that gives scores across 0..1 on real photos. The
-    background bias is set so that a black image scores below 0.045 everywhere (an image with
-    no detection). Returns (path, the eager model in eval mode)."""
-    config = load_config(None, ["model.num_classes=4", *SMALL, *overrides])
+def make_checkpoint(path: Path, overrides: list[str] = (), seed: int = 0, config=None, no_detection_on_black=True):
+    """A checkpoint like `detector train` writes: the model of `config` (default: Lite0 with
+    `overrides`) with a pretrained backbone where one is installed, heads drawn at random with
+    a fixed seed and a spread that gives scores across 0..1 on real photos. With
+    `no_detection_on_black`, the background bias is set so that a black image scores below
+    0.045 everywhere (an image with no detection). Returns (path, the eager model in eval mode)."""
+    if config is None:
+        config = load_config(None, ["model.num_classes=4", *SMALL, *overrides])
     torch.manual_seed(seed)
     model = build_model(config).eval()
     torch.nn.init.normal_(model.rpn.head.cls_logits.weight, std=0.05)
     torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.05)
     torch.nn.init.normal_(model.roi_heads.box_predictor.bbox_pred.weight, std=0.01)
-    calibrate_background(model, [torch.zeros(3, 333, 517), torch.zeros(3, 200, 300)], max_score=0.045)
+    if no_detection_on_black:
+        calibrate_background(model, [torch.zeros(3, 333, 517), torch.zeros(3, 200, 300)], max_score=0.045)
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(config), "categories": CATEGORIES}, path)
     return path, model
 
