@@ -137,7 +137,7 @@ def main() -> None:
     tv_run, tv_note = torchvision_onnx(theirs, first.shape[:2], folder)
     if tv_run is not None:
         paths["torchvision's ONNX export, ONNX Runtime"] = tv_run
-    notes["torchvision's ONNX export, ONNX Runtime"] = tv_note + " (batch 1 only: batch 4 fails in ORT, vision#8937)"
+    notes["torchvision's ONNX export, ONNX Runtime"] = tv_note + " (its input is a list: batch 1 only)"
 
     results = {name: {1: [], 4: []} for name in paths}
     for round_index in range(args.rounds):

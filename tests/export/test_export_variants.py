@@ -27,16 +27,18 @@ def mobilenet_v3_320_fpn_linear():
     return config_from_dict(data)
 
 
-@pytest.fixture(scope="module", params=[lite0_fpn_gaussian, mobilenet_v3_320_fpn_linear], ids=lambda f: f.__name__)
+@pytest.fixture(scope="module", params=[(lite0_fpn_gaussian, (333, 517)), (mobilenet_v3_320_fpn_linear, (1000, 200))],
+                ids=lambda p: p[0].__name__)
 def exported(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param.__name__)
-    checkpoint, model = make_checkpoint(root / "model.pt", config=request.param(), no_detection_on_black=False)
-    return OnnxPredictor(export_onnx(checkpoint, root / "model.onnx", example_batch=3)), model
+    """(ONNX Runtime predictor of the export made at batch 3 and 480x640, eager model, size to test)."""
+    make_config, size = request.param
+    root = tmp_path_factory.mktemp(make_config.__name__)
+    checkpoint, model = make_checkpoint(root / "model.pt", config=make_config(), no_detection_on_black=False)
+    return OnnxPredictor(export_onnx(checkpoint, root / "model.onnx", example_batch=3)), model, size
 
 
-@pytest.mark.parametrize("size", [(333, 517), (1000, 200)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_same_detections_as_pytorch(exported, size):
-    predictor, model = exported
+def test_same_detections_as_pytorch(exported):
+    predictor, model, size = exported
     images = [resized(photo, size) for photo in photos()[:2]]
     eager = [eager_detections(model, image) for image in images]
     assert sum(len(e["scores"]) for e in eager) >= 5

@@ -11,7 +11,8 @@ from detector.export.onnx import signature
 from detector.export.runtime import OnnxPredictor
 from export_helpers import CATEGORIES, as_tensor, assert_same_detections, eager_detections, photos, resized
 
-SIZES = [(333, 517), (1000, 200), (448, 224)]
+# (height, width), batch sizes run: the export was traced at batch 4 and 480x640.
+CASES = [((333, 517), (1, 2, 7)), ((1000, 200), (1, 3)), ((448, 224), (2, 1))]
 
 
 def run(predictor, images):
@@ -45,13 +46,13 @@ def test_one_graph_with_dynamic_batch_and_size_and_the_deployment_metadata(lite0
     assert meta["config"]["model"]["num_classes"] == 4
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_same_detections_as_pytorch_at_batch_1_2_and_7_exported_at_4(lite0, size):
+@pytest.mark.parametrize("size, batch_sizes", CASES, ids=[f"{h}x{w}-batch{'+'.join(map(str, b))}" for (h, w), b in CASES])
+def test_same_detections_as_pytorch_at_other_batch_sizes_and_image_sizes(lite0, size, batch_sizes):
     _, _, predictor, model = lite0
-    images = [resized(photo, size) for photo in photos()]
+    images = [resized(photo, size) for photo in photos()[:max(batch_sizes)]]
     eager = [eager_detections(model, image) for image in images]
-    assert sum(len(e["scores"]) for e in eager) >= 10, "the test model should detect something on photos"
-    for batch_size in (1, 2, 7):
+    assert sum(len(e["scores"]) for e in eager) >= 3, "the test model should detect something on photos"
+    for batch_size in batch_sizes:
         boxes, scores, labels, counts = run(predictor, images[:batch_size])
         assert boxes.shape == (batch_size, 100, 4) and scores.shape == labels.shape == (batch_size, 100)
         for index, count in enumerate(counts):
