@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detector.export import ExportError
 from detector.modeling.faster_rcnn import FasterRCNN
 from detector.modeling.roi_pooler import assign_levels
 from detector.modeling.rpn import RegionProposalNetwork
@@ -130,7 +131,15 @@ class ExportableFasterRCNN(nn.Module):
         super().__init__()
         roi = model.roi_heads
         if roi.nms_method not in ("hard", *SOFT_NMS_METHODS):
-            raise ValueError(f"model.roi_heads.nms_method: {roi.nms_method!r} has no export")
+            raise ExportError(f"model.roi_heads.nms_method: {roi.nms_method!r} has no export; "
+                              f"use hard, {', '.join(SOFT_NMS_METHODS)}")
+        # Padding to a multiple of every map's stride keeps the pooler's inferred scales at
+        # 1 / stride and the backbone's "same" paddings constant, as the graph assumes.
+        largest_stride = max(stride for name, stride in zip(model.backbone.featmap_names, model.backbone.strides)
+                             if name != "pool")  # the extra max-pooled level: its anchors use floor division as eager
+        if model.transform.size_divisible % largest_stride:
+            raise ExportError(f"model.transform.size_divisible={model.transform.size_divisible}: the export needs "
+                              f"a multiple of the backbone's largest stride, {largest_stride}")
         self.model = model.eval()
         self.transform = model.transform
         self.backbone = model.backbone

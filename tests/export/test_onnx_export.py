@@ -90,3 +90,14 @@ def test_predictor_api_equals_the_checkpoint_predictor(lite0):
     strict = OnnxPredictor(onnx_path, score_thresh=0.5, max_detections=5).predict(images[:1])[0]
     kept = exported[0]["scores"] > 0.5
     assert len(strict["scores"]) == min(5, kept.sum()) and np.array_equal(strict["scores"], exported[0]["scores"][kept][:5])
+
+
+def test_a_model_the_graph_cannot_represent_is_refused_naming_the_key():
+    from detector import build_model, load_config
+    from detector.export import ExportError
+    from detector.export.graph import ExportableFasterRCNN
+
+    model = build_model(load_config(None, ["model.backbone.pretrained=false", "model.transform.size_divisible=8"]))
+    with pytest.raises(ExportError, match=r"^model.transform.size_divisible=8: the export needs a multiple of the "
+                                          r"backbone's largest stride, 16$"):
+        ExportableFasterRCNN(model)
