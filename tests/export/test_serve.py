@@ -89,3 +89,28 @@ def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(server):
     assert httpx.get(f"{server}/health").status_code == 200
     small = resized(photos()[2], (200, 300))
     assert httpx.post(f"{server}/predict", files={"file": ("ok.png", png(small), "image/png")}, timeout=60).status_code == 200
+
+
+def test_a_checkpoint_serves_the_same_detections_as_its_export(lite0):
+    """The app around the eager predictor of the .pt (in-process client): same JSON layout, and
+    the detections of the export's server within the parity criterion."""
+    from fastapi.testclient import TestClient
+
+    from detector.export import load_predictor
+    from detector.serve import create_app
+    from export_helpers import assert_same_detections
+
+    checkpoint, onnx_path, *_ = lite0
+    image = resized(photos()[1], (333, 517))
+    replies = {}
+    for weights in (checkpoint, onnx_path):
+        client = TestClient(create_app(load_predictor(weights, device="cpu"), weights.name))
+        assert client.get("/health").json()["weights"] == weights.name
+        reply = client.post("/predict", files={"file": ("cat.png", png(image), "image/png")})
+        assert reply.status_code == 200
+        detections = reply.json()["detections"]
+        replies[weights.suffix] = {"boxes": np.array([d["bbox_xyxy"] for d in detections]).reshape(-1, 4),
+                                   "scores": np.array([d["score"] for d in detections]),
+                                   "labels": np.array([d["category_id"] for d in detections])}
+    assert len(replies[".pt"]["scores"]) > 0
+    assert_same_detections(replies[".pt"], replies[".onnx"], "served")
