@@ -140,7 +140,7 @@ class ExportableFasterRCNN(nn.Module):
         if model.transform.size_divisible % largest_stride:
             raise ExportError(f"model.transform.size_divisible={model.transform.size_divisible}: the export needs "
                               f"a multiple of the backbone's largest stride, {largest_stride}")
-        self.model = model.eval()
+        model.eval()
         self.transform = model.transform
         self.backbone = model.backbone
         self.rpn: RegionProposalNetwork = model.rpn
