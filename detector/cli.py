@@ -4,6 +4,10 @@
   detector eval CONFIG --weights W [key=value ...]
   detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N] [--set KEY=VALUE]
   detector model [CONFIG] [key=value ...]
+  detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
+  detector serve --weights W(.pt|.onnx) [--host 127.0.0.1] [--port 8000]
+
+--weights of eval and predict may also be a `.onnx` file of `detector export` (run by ONNX Runtime).
 """
 from __future__ import annotations
 
@@ -36,18 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*",
                           help="dotted key=value overrides: data.* and train.batch_size pick the data; model.* "
                                "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
-    evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
+    evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
 
     predict = commands.add_parser("predict", help="detect objects in images, folders, globs and videos")
     predict.add_argument("sources", nargs="+", help="image or video files, folders, or glob patterns")
-    predict.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
+    predict.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
     predict.add_argument("--out", default="runs/predict", help="folder for annotated images/videos and predictions.json")
     predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
     predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                          help="a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard (repeatable)")
     predict.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
+    export.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
+    export.add_argument("--out", default=None, help="the .onnx file to write (default: beside the weights)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="a test-time setting baked into the file, e.g. --set model.roi_heads.score_thresh=0.3 (repeatable)")
+
+    serve = commands.add_parser("serve", help="HTTP server: POST /predict an image, get the detections as JSON")
+    serve.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="larger uploads are refused (413)")
 
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
@@ -66,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from detector.errors import DetectorError
 
-    commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model}
+    commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model, "export": export,
+                "serve": serve}
     try:
         return commands[args.command](args)
     except (DetectorError, FileNotFoundError) as error:
@@ -112,7 +131,7 @@ def evaluate(args) -> int:
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
-    from detector.engine.predictor import Predictor
+    from detector.export import load_predictor
 
     config = load_config(args.config, args.overrides)
     if config.data.val is None:
@@ -121,7 +140,7 @@ def evaluate(args) -> int:
     check_data_paths(config.data)
     # The checkpoint's config builds the model; model.* overrides change its test-time settings.
     test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
-    predictor = Predictor.from_checkpoint(args.weights, device=config.train.device, overrides=test_time)
+    predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time)
     if test_time:
         print("test-time settings: " + " ".join(test_time))
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
@@ -164,8 +183,9 @@ def find_sources(sources: list[str]) -> list[Path]:
 def predict(args) -> int:
     import cv2
 
-    from detector.engine.predictor import Predictor, draw, image_file_problem, read_image
+    from detector.engine.predictor import draw, image_file_problem, read_image
     from detector.errors import DetectorError
+    from detector.export import load_predictor
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg prints its own lines for a broken video
     sources = find_sources(args.sources)
@@ -173,7 +193,7 @@ def predict(args) -> int:
         problem = video_problem(path) if path.suffix.lower() in VIDEO_SUFFIXES else image_file_problem(path)
         if problem:
             raise DetectorError(f"{path}: {problem}")
-    predictor = Predictor.from_checkpoint(args.weights, args.device, args.score_thresh, args.max_detections, args.settings)
+    predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections, args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -237,6 +257,22 @@ def to_json(detection: dict) -> list[dict]:
          "category_id": int(category_id), "name": name}
         for box, score, category_id, name in zip(detection["boxes"], detection["scores"], detection["category_ids"], detection["names"])
     ]
+
+
+def export(args) -> int:
+    from detector.export.onnx import export_onnx, signature
+
+    out = export_onnx(args.weights, args.out, opset=args.opset, overrides=args.settings)
+    print("\n".join(signature(out)))
+    print(f"wrote {out}")
+    return 0
+
+
+def serve(args) -> int:
+    from detector.serve import run_server
+
+    run_server(args.weights, host=args.host, port=args.port, device=args.device, max_pixels=args.max_pixels)
+    return 0
 
 
 def describe_model(args) -> int:

@@ -1,0 +1,129 @@
+"""`detector export`: a checkpoint of `detector train` -> one ONNX file that runs anywhere.
+
+The graph is graph.ExportableFasterRCNN traced by torch's TorchScript-based exporter
+(`torch.onnx.export(..., dynamo=False)`), standard ONNX ops only (NonMaxSuppression, RoiAlign
+in torchvision's "output_half_pixel" mode = aligned=False as our pooler, TopK, Resize, ...):
+
+  input   images          float32 [batch, 3, height, width], RGB in 0..1, batch/height/width dynamic
+  output  boxes           float32 [batch, D, 4]  xyxy in input pixels
+          scores          float32 [batch, D]
+          labels          int64   [batch, D]     1..K (the model's labels), -1 = padding
+          num_detections  int64   [batch]        the first num_detections rows are real
+
+D = model.roi_heads.detections_per_img. The file's metadata_props carry what a deployment needs
+(METADATA_KEYS): class names and the dataset's category ids, normalization, resize rule, score
+threshold and NMS settings, and the whole resolved config as JSON.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from detector.export import ExportError, require
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+DEFAULT_OPSET = 17
+MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (ours is output_half_pixel) arrives in opset 16
+METADATA_KEYS = ("category_ids", "category_names", "image_mean", "image_std", "min_size", "max_size",
+                 "size_divisible", "score_thresh", "nms_method", "nms_thresh", "detections_per_img",
+                 "input", "outputs", "config")
+
+
+def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
+                overrides: Sequence[str] = (), example_batch: int = 2,
+                example_size: tuple[int, int] = (480, 640)) -> Path:
+    """Export checkpoint `weights` to `out` (default: beside it, `.onnx`); returns the path.
+    `overrides` change test-time settings first, as `detector predict --set` does."""
+    onnx = require("onnx", "export", "ONNX export")
+    from detector.engine.checkpoint import load_checkpoint
+    from detector.config import parse_override, set_dotted
+    from detector.engine.predictor import Predictor
+    from detector.export.graph import ExportableFasterRCNN
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: RoiAlign's coordinate mode needs opset >= {MIN_OPSET}")
+    weights = Path(weights)
+    out = Path(out) if out is not None else weights.with_suffix(".onnx")
+    predictor = Predictor.from_checkpoint(weights, device="cpu", overrides=overrides)
+    model = predictor.model.to(memory_format=torch.contiguous_format).eval()
+    config = copy.deepcopy(load_checkpoint(weights)["config"])
+    for override in overrides:
+        set_dotted(config, *parse_override(override))
+
+    graph = ExportableFasterRCNN(model)
+    example = torch.rand((example_batch, 3, *example_size), generator=torch.Generator().manual_seed(0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about every Python number it meets; shapes that matter are tensors (graph.dim).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, do_constant_folding=True)
+
+    proto = onnx.load(str(out))
+    declare_output_shapes(proto, model.roi_heads.detections_per_img)
+    for key, value in metadata(model, predictor.category_ids, predictor.category_names, config).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "detector Faster R-CNN; see the metadata_props for classes, preprocessing and settings"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def declare_output_shapes(proto, limit: int) -> None:
+    """Name the outputs' sizes in the file: the tracer leaves the graph's fixed D and 4 unnamed
+    (the graph's last Reshape makes them so), and deployment tools read the declared shapes."""
+    shapes = {"boxes": ["batch", limit, 4], "scores": ["batch", limit], "labels": ["batch", limit],
+              "num_detections": ["batch"]}
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for size, value in zip(dims, shapes[output.name]):
+            if isinstance(value, str):
+                size.dim_param = value
+            else:
+                size.dim_value = value
+
+
+def metadata(model, category_ids: list[int], category_names: list[str], config: dict) -> dict[str, str]:
+    """What a deployment needs beside the graph, as JSON strings (ONNX metadata values are text)."""
+    transform, roi = model.transform, model.roi_heads
+    values = {
+        "category_ids": list(category_ids),
+        "category_names": list(category_names),
+        "image_mean": list(transform.image_mean),
+        "image_std": list(transform.image_std),
+        "min_size": transform.min_size,
+        "max_size": transform.max_size,
+        "size_divisible": transform.size_divisible,
+        "score_thresh": roi.score_thresh,
+        "nms_method": roi.nms_method,
+        "nms_thresh": roi.nms_thresh,
+        "detections_per_img": roi.detections_per_img,
+        "input": "images float32 [batch, 3, height, width] RGB in 0..1; resize, normalization and padding "
+                 "happen inside the graph",
+        "outputs": "boxes [batch, D, 4] xyxy input pixels, scores [batch, D], labels [batch, D] int64 1..K "
+                   "(label k is category_ids[k-1]; -1 = padding), num_detections [batch]",
+        "config": config,
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def signature(path: str | Path) -> list[str]:
+    """The inputs and outputs of an ONNX file, one line each: name, element type, shape."""
+    onnx = require("onnx", "export", "Reading an ONNX file")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    lines = []
+    for kind, values in (("input ", graph.input), ("output", graph.output)):
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_param or str(d.dim_value) for d in tensor.shape.dim]
+            type_name = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+            lines.append(f"{kind} {value.name:<15} {type_name:<8} [{', '.join(dims)}]")
+    return lines

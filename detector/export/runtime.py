@@ -1,0 +1,149 @@
+"""Run a file of `detector export` behind the Predictor API: ONNX Runtime (CPU provider) or OpenVINO.
+
+`OnnxPredictor(path).predict(images)` returns what `engine.predictor.Predictor.predict` returns
+(boxes, scores, labels, category_ids, names per image), and `.model` answers the eager model's
+call contract (list of [3, H, W] tensors in 0..1 -> [{"boxes", "labels", "scores"}]), so
+`detector eval` scores an exported file with the same code as a checkpoint. The graph takes a
+batch of one size: images of equal size that follow each other share a run, others run apart.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.errors import CheckpointError
+from detector.export import ExportError, require
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+class OnnxRuntimeRunner:
+    """images [B, 3, H, W] float32 -> the four outputs, with ONNX Runtime's CPU provider."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = require("onnxruntime", "export", f"Running {path.name}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # its warnings about unused initializers are not the user's business
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - ORT raises its own exception types, all with one message
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it: {' '.join(str(error).split())[:300]}") from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {"images": images})
+
+
+class OpenVinoRunner:
+    """The same file compiled by OpenVINO for the CPU."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ov = require("openvino", "openvino", f"Running {path.name} in OpenVINO")
+        onnx = require("onnx", "export", f"Reading the metadata of {path.name}")
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        results = self.model(images)
+        return [np.asarray(results[output]) for output in self.model.outputs]
+
+
+class OnnxPredictor:
+    """A `.onnx` written by `detector export`, as a Predictor: `predict(list of RGB uint8 [H, W, 3])`.
+
+    The test-time settings are part of the exported graph; `score_thresh` can only raise the
+    graph's threshold (detections scoring at most it are dropped from the outputs) and
+    `max_detections` only lower its detections_per_img. To change anything else, export again
+    with `detector export --set KEY=VALUE`."""
+
+    def __init__(self, path: str | Path, score_thresh: float | None = None, max_detections: int | None = None,
+                 overrides: Sequence[str] = (), backend: str = "onnxruntime", threads: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"model file not found: {path}")
+        if overrides:
+            raise ExportError(f"{path}: test-time settings ({', '.join(overrides)}) are fixed inside an exported "
+                              "file; export again with `detector export --weights CHECKPOINT --set KEY=VALUE`")
+        if backend not in BACKENDS:
+            raise ExportError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.runner = (OnnxRuntimeRunner if backend == "onnxruntime" else OpenVinoRunner)(path, threads)
+        try:
+            meta = {key: json.loads(self.runner.metadata[key])
+                    for key in ("category_ids", "category_names", "score_thresh", "detections_per_img")}
+        except (KeyError, ValueError):
+            raise CheckpointError(f"{path}: no class mapping in its metadata; use a file written by `detector export`") from None
+        self.path = path
+        self.category_ids = [int(i) for i in meta["category_ids"]]
+        self.category_names = [str(n) for n in meta["category_names"]]
+        self.metadata = self.runner.metadata
+        graph_thresh, graph_max = float(meta["score_thresh"]), int(meta["detections_per_img"])
+        if score_thresh is not None and score_thresh < graph_thresh:
+            raise ExportError(f"score threshold {score_thresh}: {path} was exported with "
+                              f"model.roi_heads.score_thresh={graph_thresh}; export again with a lower one")
+        if max_detections is not None and max_detections > graph_max:
+            raise ExportError(f"max detections {max_detections}: {path} was exported with "
+                              f"model.roi_heads.detections_per_img={graph_max}; export again with more")
+        self.score_thresh = score_thresh
+        self.max_detections = max_detections if max_detections is not None else graph_max
+        self.device = torch.device("cpu")
+        self.model = ExportedModel(self)
+
+    def run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(boxes, scores, labels) of each image of a float32 [B, 3, H, W] batch in 0..1."""
+        boxes, scores, labels, counts = self.runner(np.ascontiguousarray(batch, dtype=np.float32))
+        results = []
+        for image_boxes, image_scores, image_labels, count in zip(boxes, scores, labels, counts):
+            keep = slice(0, min(int(count), self.max_detections))
+            image_boxes, image_scores, image_labels = image_boxes[keep], image_scores[keep], image_labels[keep]
+            if self.score_thresh is not None:
+                above = image_scores > self.score_thresh
+                image_boxes, image_scores, image_labels = image_boxes[above], image_scores[above], image_labels[above]
+            results.append((image_boxes, image_scores, image_labels.astype(np.int64)))
+        return results
+
+    def run_images(self, images: Sequence[np.ndarray], batch_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`run` over float32 [3, H, W] arrays: neighbours of equal size share a batch of <= batch_size."""
+        results, start = [], 0
+        while start < len(images):
+            end = start + 1
+            while end < len(images) and end - start < batch_size and images[end].shape == images[start].shape:
+                end += 1
+            results += self.run(np.stack(images[start:end]))
+            start = end
+        return results
+
+    def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:
+        """Detections for RGB uint8 arrays [H, W, 3], as `Predictor.predict`."""
+        arrays = [np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1), dtype=np.float32) / 255 for image in images]
+        results = []
+        for boxes, scores, labels in self.run_images(arrays, batch_size):
+            results.append({
+                "boxes": boxes, "scores": scores, "labels": labels,
+                "category_ids": [self.category_ids[label - 1] for label in labels],
+                "names": [self.category_names[label - 1] for label in labels],
+            })
+        return results
+
+
+class ExportedModel:
+    """The eager model's inference contract on an exported file: `model(list of [3, H, W] tensors
+    in 0..1) -> [{"boxes", "labels", "scores"}]` (engine/evaluation.py calls it so)."""
+
+    def __init__(self, predictor: OnnxPredictor):
+        self.predictor = predictor
+
+    def eval(self) -> "ExportedModel":
+        return self
+
+    def __call__(self, images: list[torch.Tensor], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+        arrays = [image.detach().cpu().float().numpy() for image in images]
+        return [{"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "scores": torch.from_numpy(scores)}
+                for boxes, scores, labels in self.predictor.run_images(arrays, batch_size)]

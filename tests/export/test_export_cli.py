@@ -1,0 +1,109 @@
+"""`detector export`, and `detector predict` / `detector eval` with `--weights model.onnx`: the
+same files and numbers as with the checkpoint; COCO AP of the export equals PyTorch's."""
+import json
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.cli import main
+from detector.data.synthetic import make_synthetic_dataset
+from detector.engine.evaluator import evaluate
+from export_helpers import CATEGORIES, assert_same_detections, eager_detections, photos, resized
+
+
+def test_export_command_prints_the_signature(lite0, tmp_path, capsys):
+    checkpoint, *_ = lite0
+    out = tmp_path / "strict.onnx"
+    assert main(["export", "--weights", str(checkpoint), "--out", str(out),
+                 "--set", "model.roi_heads.score_thresh=0.3", "--set", "model.roi_heads.detections_per_img=20"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["input", "images", "float", "[batch,", "3,", "height,", "width]"]
+    assert printed[1].split() == ["output", "boxes", "float", "[batch,", "20,", "4]"]
+    assert printed[-1] == f"wrote {out}"
+    from detector.export.runtime import OnnxPredictor
+
+    strict = OnnxPredictor(out)
+    assert json.loads(strict.metadata["score_thresh"]) == 0.3
+    image = resized(photos()[0], (333, 517))
+    full = lite0[2].predict([image])[0]
+    keep = full["scores"] > 0.3
+    assert_same_detections({k: full[k][keep][:20] for k in ("boxes", "scores", "labels")}, strict.predict([image])[0], "0.3")
+
+
+def test_opset_below_16_and_onnx_settings_are_refused_in_one_line(lite0, tmp_path, capsys):
+    checkpoint, onnx_path, *_ = lite0
+    assert main(["export", "--weights", str(checkpoint), "--out", str(tmp_path / "x.onnx"), "--opset", "11"]) == 2
+    assert capsys.readouterr().err.strip() == ("detector export: --opset 11: RoiAlign's coordinate mode needs "
+                                               "opset >= 16")
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), photos()[1])
+    assert main(["predict", "--weights", str(onnx_path), str(image), "--out", str(tmp_path / "p"),
+                 "--set", "model.roi_heads.nms_method=gaussian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixed inside an exported file" in err[0] and "--set KEY=VALUE" in err[0]
+
+
+def test_predict_with_onnx_weights_writes_what_the_checkpoint_writes(lite0, tmp_path):
+    checkpoint, onnx_path, *_ = lite0
+    for index, photo in enumerate(photos()[:3]):
+        cv2.imwrite(str(tmp_path / f"photo{index}.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    results = {}
+    for weights in (checkpoint, onnx_path):
+        out = tmp_path / weights.suffix[1:]
+        assert main(["predict", "--weights", str(weights), str(tmp_path / "*.png"), "--out", str(out), "--device", "cpu"]) == 0
+        results[weights.suffix] = json.loads((out / "predictions.json").read_text())
+        assert sorted(p.name for p in out.iterdir()) == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "predictions.json"]
+    for eager, exported in zip(results[".pt"], results[".onnx"]):
+        assert eager["file"] == exported["file"]
+        as_arrays = lambda ds: {"boxes": np.array([d["bbox_xyxy"] for d in ds]).reshape(-1, 4),  # noqa: E731
+                                "scores": np.array([d["score"] for d in ds]),
+                                "labels": np.array([CATEGORIES["ids"].index(d["category_id"]) + 1 for d in ds])}
+        # predictions.json rounds scores to 1e-4 and boxes to 1e-2: the criterion still holds.
+        assert_same_detections(as_arrays(eager["detections"]), as_arrays(exported["detections"]), eager["file"])
+
+
+def test_eval_with_onnx_weights_gives_the_checkpoints_metrics(lite0, tmp_path):
+    checkpoint, onnx_path, *_ = lite0
+    make_synthetic_dataset(tmp_path / "synthetic", "val", num_images=4, seed=0)
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model: {{num_classes: 4}}\ndata:\n  val: {{format: synthetic, root: {tmp_path / 'synthetic'}, "
+                      f"split: val, num_images: 4, seed: 0}}\ntrain: {{batch_size: 1, device: cpu}}\n")
+    metrics = {}
+    for weights in (checkpoint, onnx_path):
+        out = tmp_path / f"eval{weights.suffix}"
+        assert main(["eval", str(config), "--weights", str(weights), "--out", str(out)]) == 0
+        metrics[weights.suffix] = json.loads((out / "metrics.json").read_text())
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert metrics[".onnx"][key] == pytest.approx(metrics[".pt"][key], abs=0.002), key
+
+
+def test_coco_ap_of_the_export_equals_pytorchs_on_real_photos(lite0):
+    """Ground truth: the PyTorch model's own confident boxes, so AP is far from 0 and any box
+    the export loses, adds or moves shows in the number."""
+    _, _, predictor, model = lite0
+    images = [resized(photo, size) for photo in photos() for size in ((333, 517), (448, 224))]
+    eager = [eager_detections(model, image) for image in images]
+    exported = [{k: d[k] for k in ("boxes", "scores", "labels")} for d in predictor.predict(images)]
+    truth = [{"file_name": f"{i}.jpg", "height": image.shape[0], "width": image.shape[1],
+              "boxes": e["boxes"][e["scores"] >= 0.3], "labels": e["labels"][e["scores"] >= 0.3]}
+             for i, (image, e) in enumerate(zip(images, eager))]
+    assert sum(len(t["boxes"]) for t in truth) >= 5
+    categories = list(zip(CATEGORIES["ids"], CATEGORIES["names"]))
+    ap_eager = evaluate(truth, eager, categories)["AP"]
+    ap_exported = evaluate(truth, exported, categories)["AP"]
+    assert ap_eager > 0.5 and abs(ap_exported - ap_eager) <= 0.002
+
+
+def test_without_the_extra_installed_export_and_onnx_weights_fail_in_one_line(lite0, tmp_path, capsys, monkeypatch):
+    checkpoint, onnx_path, *_ = lite0
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import onnx` raises ImportError
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), photos()[1])
+    for args in (["export", "--weights", str(checkpoint), "--out", str(tmp_path / "x.onnx")],
+                 ["predict", "--weights", str(onnx_path), str(image), "--out", str(tmp_path / "p")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith('pip install "detector[export]"'), err
