@@ -115,6 +115,7 @@ def evaluate(args) -> int:
     from detector.config import parse_override
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
+    from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
     from detector.engine.predictor import Predictor
 
@@ -133,7 +134,9 @@ def evaluate(args) -> int:
     out = Path(args.out or Path(config.output) / "eval")
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=config.train.num_val_images_drawn)
-    for sample in metrics["skipped_images"]:
+    # Images the reader skipped at load time (missing, truncated, ...) and those that failed to decode.
+    skipped = [str(p) for p in dataset.report.problems if p.kind == SKIPPED_IMAGE] + metrics["skipped_images"]
+    for sample in skipped:
         print(f"WARNING: {sample}; left out of the metrics", file=sys.stderr)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         value = metrics[key]
@@ -141,7 +144,9 @@ def evaluate(args) -> int:
     for name, ap in metrics["per_class"].items():
         print(f"  {name:<20} AP {ap:.4f}" if ap is not None else f"  {name:<20} no ground truth")
     print(f"wrote metrics.json, predictions.json, ground_truth.json to {out}")
-    return 0
+    scored = len(dataset) - len(metrics["skipped_images"])
+    print(f"val images: {scored} scored, {len(skipped)} skipped" + (" (named above)" if skipped else ""))
+    return 1 if skipped else 0
 
 
 def predict(args) -> int:
