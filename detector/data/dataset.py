@@ -1,6 +1,7 @@
 """The torch dataset over ImageRecords, and `load_dataset`, which picks the reader for a config."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,8 @@ def image_file_problem(path: Path) -> str | None:
         return "file not found"
     if path.stat().st_size == 0:
         return "empty file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
     if not cv2.haveImageReader(str(path)):
         return "not an image: no image decoder recognizes its content"
     try:
