@@ -100,28 +100,32 @@ def predict_sources(predictor, patterns: Sequence[str], out: str | Path, strict:
     files.write()  # from the start, the folder's predictions.json is this run's
     try:
         for source in find_sources(patterns):
-            try:
-                if isinstance(source, Skipped):
-                    raise SourceError(str(source))
-                if source.suffix.lower() in VIDEO_SUFFIXES:
-                    entry = predict_video(predictor, source, files)
-                    log(f"{source}: {len(entry['frames'])} frames -> {entry['output']}")
-                else:
-                    entry = predict_image(predictor, source, files)
-                    log(f"{source}: {len(entry['detections'])} detections")
-            except (SourceError, DataError) as error:
-                skipped = source if isinstance(source, Skipped) else Skipped(str(source), _reason(error, source))
-                run.skipped.append(skipped)
-                files.add_skipped(skipped)
+            result = source if isinstance(source, Skipped) else predict_source(predictor, source, files)
+            if isinstance(result, Skipped):
+                run.skipped.append(result)
+                files.add_skipped(result)
                 if strict:
-                    raise SourceError(str(skipped)) from None
-                warn(f"skipped {skipped}")
-                continue
-            run.predicted.append(str(source))
-            files.add(entry)
+                    raise SourceError(str(result))
+                warn(f"skipped {result}")
+            else:
+                run.predicted.append(str(source))
+                files.add(result)
+                log(f"{source}: {len(result['frames'])} frames -> {result['output']}" if "frames" in result
+                    else f"{source}: {len(result['detections'])} detections")
     finally:
         files.write()
     return run
+
+
+def predict_source(predictor, path: Path, files: OutputFolder) -> dict | Skipped:
+    """The predictions.json entry of an image or video file (its annotated copy written), or
+    why it was skipped."""
+    try:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return predict_video(predictor, path, files)
+        return predict_image(predictor, path, files)
+    except (SourceError, DataError) as error:
+        return Skipped(str(path), str(error).removeprefix(f"{path}: "))  # the skip names the file already
 
 
 def predict_image(predictor, path: Path, files: OutputFolder) -> dict:
@@ -198,7 +202,6 @@ class OutputFolder:
     def write_image(self, path: Path, bgr: np.ndarray) -> None:
         import cv2
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), bgr):
             raise OSError(f"could not write {path}")
 
@@ -231,9 +234,3 @@ def _boxes_scores_labels(detection: dict) -> tuple[np.ndarray, np.ndarray, np.nd
 def _json_list(items: list[str]) -> str:
     """A JSON list of already serialized items, one per line."""
     return "[\n  " + ",\n  ".join(items) + "\n ]" if items else "[]"
-
-
-def _reason(error: Exception, source: Path) -> str:
-    """The error's message without the leading file name (the skip names it already)."""
-    message = str(error)
-    return message.removeprefix(f"{source}: ")
