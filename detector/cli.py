@@ -4,10 +4,11 @@
   detector eval CONFIG --weights W [key=value ...]
   detector predict --weights W SOURCE... [key=value ...] [--out DIR] [--score-thresh T] [--max-detections N]
                    [--set KEY=VALUE] [--strict]
+  detector model [CONFIG] [key=value ...]
 
 key=value overrides may come before or after any option (arguments.py). predict exits 0 when
-every source was predicted, 1 when some were skipped, 2 when none could be or on a usage error.
-  detector model [CONFIG] [key=value ...]
+every source was predicted, 1 when some were skipped, 2 when none could be or on a usage error;
+eval exits 1 when val images were skipped.
 """
 from __future__ import annotations
 
