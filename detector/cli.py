@@ -2,55 +2,66 @@
 
   detector train CONFIG [key=value ...] [--resume [CHECKPOINT]] [--nproc N]
   detector eval CONFIG --weights W [key=value ...]
-  detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N] [--set KEY=VALUE]
+  detector predict --weights W SOURCE... [key=value ...] [--out DIR] [--score-thresh T] [--max-detections N]
+                   [--set KEY=VALUE] [--strict]
   detector model [CONFIG] [key=value ...]
   detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
   detector serve --weights W(.pt|.onnx) [--host 127.0.0.1] [--port 8000]
 
 --weights of eval and predict may also be a `.onnx` file of `detector export` (run by ONNX Runtime).
+key=value overrides may come before or after any option (arguments.py). predict exits 0 when
+every source was predicted, 1 when some were skipped, 2 when none could be or on a usage error;
+eval exits 1 when val images were skipped.
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import os
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+from detector.arguments import ArgumentParser, add_overrides, parse_command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description="Faster R-CNN you can train, trust and read.")
+    """Every command; one that takes key=value overrides declares them with `add_overrides`
+    (they may then come before or after any option: arguments.py)."""
+    parser = ArgumentParser(prog="detector", description="Faster R-CNN you can train, trust and read.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train from a YAML config; writes a run folder")
     train.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
-    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                       help="continue a stopped run (default: <output>/weights/last.pt)")
+    add_overrides(train, "dotted key=value overrides, e.g. train.epochs=3")
+    resume = train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                                help="continue a stopped run (default: <output>/weights/last.pt); "
+                                     "a key=value or a .yaml after it is not taken as the checkpoint")
+    resume.accepts_value = lambda token: not token.endswith((".yaml", ".yml"))
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train with N processes on this machine (DDP through torchrun: one per GPU, "
                             "or CPU processes with gloo); for several machines run torchrun yourself")
 
     evaluate = commands.add_parser("eval", help="COCO mAP of a checkpoint on the config's val set")
     evaluate.add_argument("config", help="YAML config naming data.val")
-    evaluate.add_argument("overrides", nargs="*",
-                          help="dotted key=value overrides: data.* and train.batch_size pick the data; model.* "
-                               "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
+    add_overrides(evaluate, "dotted key=value overrides: data.* and train.batch_size pick the data; model.* "
+                            "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
     evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
 
-    predict = commands.add_parser("predict", help="detect objects in images, folders, globs and videos")
+    predict = commands.add_parser(
+        "predict", help="detect objects in images, folders, globs and videos",
+        description="Predicts every readable source and names each one it skips. Exit status: 0 when "
+                    "every source was predicted, 1 when some were skipped, 2 when none could be (or on "
+                    "a usage error).")
     predict.add_argument("sources", nargs="+", help="image or video files, folders, or glob patterns")
+    add_overrides(predict, "test-time settings of the model, as --set, e.g. model.roi_heads.nms_method=hard")
     predict.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
-    predict.add_argument("--out", default="runs/predict", help="folder for annotated images/videos and predictions.json")
+    predict.add_argument("--out", default="runs/predict",
+                         help="folder for annotated images/videos, predictions.json and skipped.txt")
     predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
     predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                          help="a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard (repeatable)")
+    predict.add_argument("--strict", action="store_true",
+                         help="stop at the first source that cannot be read (exit 2) instead of skipping it")
     predict.add_argument("--device", default="auto")
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
@@ -69,19 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    model.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.backbone.fpn=true")
+    add_overrides(model, "dotted key=value overrides, e.g. model.backbone.fpn=true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow the options (`eval CONFIG --weights W key=value`),
-    # which argparse alone does not accept after an option.
-    if extra and hasattr(args, "overrides") and all("=" in token and not token.startswith("-") for token in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
     from detector.errors import DetectorError
 
     commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model, "export": export,
@@ -130,6 +134,7 @@ def evaluate(args) -> int:
     from detector.config import parse_override
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
+    from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
     from detector.export import load_predictor
 
@@ -148,7 +153,9 @@ def evaluate(args) -> int:
     out = Path(args.out or Path(config.output) / "eval")
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=config.train.num_val_images_drawn)
-    for sample in metrics["skipped_images"]:
+    # Images the reader skipped at load time (missing, truncated, ...) and those that failed to decode.
+    skipped = [str(p) for p in dataset.report.problems if p.kind == SKIPPED_IMAGE] + metrics["skipped_images"]
+    for sample in skipped:
         print(f"WARNING: {sample}; left out of the metrics", file=sys.stderr)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         value = metrics[key]
@@ -156,107 +163,28 @@ def evaluate(args) -> int:
     for name, ap in metrics["per_class"].items():
         print(f"  {name:<20} AP {ap:.4f}" if ap is not None else f"  {name:<20} no ground truth")
     print(f"wrote metrics.json, predictions.json, ground_truth.json to {out}")
-    return 0
-
-
-def find_sources(sources: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            in_folder = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-            if not in_folder:
-                raise FileNotFoundError(f"no images or videos in folder {path}")
-            found += in_folder
-        elif path.is_file():
-            found.append(path)
-        elif any(ch in source for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise FileNotFoundError(f"no files match {source}")
-            found += matches
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    return found
+    scored = len(dataset) - len(metrics["skipped_images"])
+    print(f"val images: {scored} scored, {len(skipped)} skipped" + (" (named above)" if skipped else ""))
+    return 1 if skipped else 0
 
 
 def predict(args) -> int:
-    import cv2
-
-    from detector.engine.predictor import draw, image_file_problem, read_image
-    from detector.errors import DetectorError
+    from detector.engine.prediction import predict_sources
     from detector.export import load_predictor
 
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg prints its own lines for a broken video
-    sources = find_sources(args.sources)
-    for path in sources:  # before loading the model and writing anything: a bad file stops the run at once
-        problem = video_problem(path) if path.suffix.lower() in VIDEO_SUFFIXES else image_file_problem(path)
-        if problem:
-            raise DetectorError(f"{path}: {problem}")
-    predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections, args.settings)
+    predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections,
+                               args.settings + args.overrides)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in sources:
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            results.append(predict_video(predictor, path, out))
-            continue
-        image = read_image(path)
-        detection = predictor.predict([image])[0]
-        cv2.imwrite(str(out / f"{path.stem}.jpg"), draw(image, detection))
-        results.append({"file": str(path), "detections": to_json(detection)})
-        print(f"{path}: {len(detection['scores'])} detections")
-    (out / "predictions.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote annotated files and predictions.json to {out}")
-    return 0
-
-
-def video_problem(path: Path) -> str | None:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    readable = capture.isOpened()
-    capture.release()
-    return None if readable else "not a readable video"
-
-
-def predict_video(predictor, path: Path, out: Path) -> dict:
-    import cv2
-
-    from detector.engine.predictor import draw
-    from detector.errors import DetectorError
-
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise DetectorError(f"{path}: not a readable video")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer, frames = None, []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        detection = predictor.predict([rgb])[0]
-        annotated = draw(rgb, detection)
-        if writer is None:
-            height, width = annotated.shape[:2]
-            writer = cv2.VideoWriter(str(out / f"{path.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        writer.write(annotated)
-        frames.append(to_json(detection))
-    capture.release()
-    if writer is None:
-        raise DetectorError(f"{path}: no frames could be read")
-    writer.release()
-    print(f"{path}: {len(frames)} frames -> {out / (path.stem + '.mp4')}")
-    return {"file": str(path), "frames": frames}
-
-
-def to_json(detection: dict) -> list[dict]:
-    return [
-        {"bbox_xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 4),
-         "category_id": int(category_id), "name": name}
-        for box, score, category_id, name in zip(detection["boxes"], detection["scores"], detection["category_ids"], detection["names"])
-    ]
+    try:
+        run = predict_sources(predictor, args.sources, out, strict=args.strict,
+                              warn=lambda message: print(f"detector predict: {message}", file=sys.stderr))
+    except KeyboardInterrupt:
+        print(f"detector predict: interrupted; what was predicted so far is in {out}", file=sys.stderr)
+        return 130
+    skipped = f"; {len(run.skipped)} skipped, listed in {out / 'skipped.txt'}" if run.skipped else ""
+    print(f"predicted {len(run.predicted)} of {len(run.predicted) + len(run.skipped)} sources{skipped}; "
+          f"wrote annotated files and predictions.json to {out}")
+    return run.exit_code
 
 
 def export(args) -> int:

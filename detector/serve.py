@@ -35,7 +35,7 @@ def decode_upload(content: bytes, filename: str, max_pixels: int):
     """RGB uint8 [H, W, 3] of an uploaded file, or BadImage naming what is wrong with it."""
     from PIL import Image
 
-    from detector.engine.predictor import image_file_problem, read_image
+    from detector.data.dataset import image_file_problem, read_image
 
     if not content:
         raise BadImage(400, f"{filename}: empty upload (send the image as the multipart field 'file')")

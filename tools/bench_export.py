@@ -31,7 +31,7 @@ from bench_model import DATA, torchvision_twin  # noqa: E402
 from detector import build_model, load_config  # noqa: E402
 from detector.config import config_to_dict  # noqa: E402
 from detector.engine.checkpoint import save_checkpoint  # noqa: E402
-from detector.engine.predictor import read_image  # noqa: E402
+from detector.data import read_image  # noqa: E402
 
 
 def load_photos(count: int) -> tuple[list[np.ndarray], str]:

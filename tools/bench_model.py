@@ -23,7 +23,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector import build_model, load_config
 from detector.modeling.backbones.base import FrozenBatchNorm2d
-from detector.engine.predictor import read_image
+from detector.data import read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
 

@@ -1,6 +1,7 @@
 """The torch dataset over ImageRecords, and `load_dataset`, which picks the reader for a config."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -8,10 +9,12 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+from PIL import Image  # a dependency of torchvision
 
 from detector.choices import DATA_FORMATS, spell
 from detector.config import AugmentConfig, DatasetConfig
 from detector.data.records import CategoryMap, DataError, DatasetReport, ImageRecord, raise_if_strict
+from detector.data.truncated import truncation
 from detector.errors import AugmentationError
 
 DEFAULT_SYNTHETIC_ROOT = Path("~/.cache/detector/synthetic")
@@ -21,12 +24,34 @@ Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as HWC uint8 RGB. OpenCV applies the EXIF orientation and turns
-    grayscale, RGBA (alpha dropped), palette and 16-bit images into 8-bit 3-channel ones."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    grayscale, RGBA (alpha dropped), palette and 16-bit images into 8-bit 3-channel ones.
+    A file that is missing, empty, not an image, cut short or undecodable raises a `DataError`
+    naming it and why."""
+    problem = image_file_problem(Path(path))
+    image = None if problem else cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        reason = "file not found" if not Path(path).is_file() else "not a readable image"
-        raise DataError(f"{path}: cannot read the image ({reason})")
+        raise DataError(f"{path}: cannot read the image ({problem or 'not a readable image'})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be an image, found without decoding it: missing, empty, content no
+    decoder recognizes, or a truncated JPEG/PNG. Checked before OpenCV decodes, as its codecs
+    print to stderr and decode a truncated JPEG without any error (grey below the cut)."""
+    if not path.is_file():
+        return "file not found"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    if not cv2.haveImageReader(str(path)):
+        return "not an image: no image decoder recognizes its content"
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+    except Exception:  # noqa: BLE001 - PIL does not know it; OpenCV may still decode it
+        return None
+    return truncation(path, image_format)
 
 
 def read_record_image(record: ImageRecord) -> np.ndarray:

@@ -13,7 +13,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -22,12 +22,18 @@ from detector.errors import CheckpointError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    write_atomically(path, lambda file: torch.save(state, file))
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through `write(file)` on a temporary file beside it, flushed to disk, then
+    renamed over it: at every moment `path` is the previous file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as tmp:
-            torch.save(state, tmp)
+            write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)

@@ -100,12 +100,33 @@ def draw_detections(
     out_path: str | Path,
     score_thresh: float = 0.5,
 ) -> Path:
-    """Save `image` (H,W,3 uint8 RGB) as JPEG with ground truth boxes (TRUTH_COLOR, class name
-    below the box) and predictions scoring >= `score_thresh` (PREDICTION_COLOR, "name score"
-    above the box). Boxes are xyxy pixels of this image; label l is named `class_names[l - 1]`."""
+    """Save `image` (H,W,3 uint8 RGB) as JPEG with the boxes of `draw_boxes`."""
+    canvas = draw_boxes(image, pred_boxes, pred_scores, pred_labels, true_boxes, true_labels, class_names,
+                        score_thresh)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out_path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        raise WriteError(f"could not write {out_path} (OpenCV picks the format from the suffix: use .jpg)")
+    return out_path
+
+
+def draw_boxes(
+    image: np.ndarray,
+    pred_boxes: Any,
+    pred_scores: Any,
+    pred_labels: Any,
+    true_boxes: Any,
+    true_labels: Any,
+    class_names: Sequence[str],
+    score_thresh: float = 0.5,
+) -> np.ndarray:
+    """A BGR copy of `image` (H,W,3 uint8 RGB), for OpenCV to write, with ground truth boxes
+    (TRUTH_COLOR, class name below the box) and predictions scoring >= `score_thresh`
+    (PREDICTION_COLOR, "name score" above the box). Boxes are xyxy pixels of this image; label
+    l is named `class_names[l - 1]`."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"draw_detections wants an H,W,3 uint8 RGB image, got {image.dtype} {image.shape}")
+        raise InputError(f"draw_boxes wants an H,W,3 uint8 RGB image, got {image.dtype} {image.shape}")
     canvas = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV draws and writes BGR
     height, width = canvas.shape[:2]
     thickness = max(2, round((height + width) / 600))
@@ -120,12 +141,7 @@ def draw_detections(
         if score >= score_thresh:
             _draw_box(canvas, box, f"{_name(class_names, label)} {score:.2f}", PREDICTION_COLOR, thickness,
                       text_above=True)
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-        raise WriteError(f"could not write {out_path} (OpenCV picks the format from the suffix: use .jpg)")
-    return out_path
+    return canvas
 
 
 def _draw_box(canvas: np.ndarray, box: np.ndarray, text: str, rgb: tuple[int, int, int],

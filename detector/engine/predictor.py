@@ -6,15 +6,12 @@ import copy
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from detector.config import config_from_dict, parse_override, set_dotted
-from detector.data.dataset import read_image as decode_image
+from detector.data.dataset import read_image  # noqa: F401 - the one image reader, also importable from here
 from detector.data.records import CategoryMap, DataError
-from detector.data.truncated import truncation
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
 from detector.errors import CheckpointError, ConfigError, DetectorError
@@ -104,39 +101,3 @@ class Predictor:
                     "names": [self.category_names[label - 1] for label in labels],
                 })
         return results
-
-
-def image_file_problem(path: Path) -> str | None:
-    """Why `path` cannot be an image, found without decoding it: missing, empty, content no
-    decoder recognizes, or a truncated JPEG/PNG. Checked before OpenCV decodes, as its codecs
-    print to stderr and decode a truncated JPEG without any error (grey below the cut)."""
-    if not path.is_file():
-        return "no such file"
-    if path.stat().st_size == 0:
-        return "not an image (empty file)"
-    if not cv2.haveImageReader(str(path)):
-        return "not an image (no image decoder recognizes its content)"
-    try:
-        with Image.open(path) as image:
-            image_format = image.format
-        return truncation(path, image_format)
-    except Exception:  # noqa: BLE001 - PIL does not know it; OpenCV may still decode it
-        return None
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; EXIF orientation applied; grayscale / RGBA / 16-bit converted.
-    A file that is not a complete image raises a `DetectorError` naming it."""
-    problem = image_file_problem(Path(path))
-    if problem:
-        raise DetectorError(f"{path}: {problem}")
-    return decode_image(path)
-
-
-def draw(image: np.ndarray, detection: dict) -> np.ndarray:
-    """A BGR copy of `image` with the detections drawn, for writing with OpenCV."""
-    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    for (x1, y1, x2, y2), score, name in zip(detection["boxes"], detection["scores"], detection["names"]):
-        cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 2)
-        cv2.putText(canvas, f"{name} {score:.2f}", (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1)
-    return canvas

@@ -272,7 +272,7 @@ class ExportableFasterRCNN(nn.Module):
 
     def hard_nms(self, boxes: Tensor, scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-class NMS of the (proposal, class) candidates, then the best D of each image."""
-        roi, num_classes, limit = self.roi_heads, self.num_classes, self.detections_per_img
+        roi, limit = self.roi_heads, self.detections_per_img
         num_images = dim(boxes, 0)
         candidates = boxes.reshape(num_images, -1, 4)  # [B, P * K, 4], (proposal, class) order
         # Class c's row of NMS scores: the scores of class c's candidates, every other one masked.
@@ -292,7 +292,7 @@ class ExportableFasterRCNN(nn.Module):
     def soft_nms(self, boxes: Tensor, scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """ops.batched_soft_nms, all images and classes at once: detections_per_img picks of
         soft_suppression.soft_nms's Algorithm 1 (unrolled), then the best D of each image."""
-        roi, num_classes, limit = self.roi_heads, self.num_classes, self.detections_per_img
+        roi, limit = self.roi_heads, self.detections_per_img
         boxes = boxes.transpose(1, 2)  # [B, K, P, 4]
         current = scores.transpose(1, 2)  # [B, K, P]
         alive = valid.transpose(1, 2) & (current >= roi.soft_nms_min_score)

@@ -1,8 +1,9 @@
 """Box ops used by the detector: one dispatch point per op.
 
 Every op takes ``backend="auto" | "triton" | "torchvision"`` (see backend.py): "auto" runs the
-Triton kernels of ``detector/ops/triton/`` on float32 CUDA tensors when triton imports, and
-otherwise torchvision's C++ ops (IoU, NMS) or a chunked pure-torch matcher. Every backend
+Triton kernels of ``detector/ops/triton/`` on float32 CUDA tensors when triton imports and the
+kernel passed its first-call check (triton_check.py), and otherwise torchvision's C++ ops (IoU,
+NMS) or a chunked pure-torch matcher. Every backend
 returns exactly what torchvision returns (same bits, same indices, same order); the few
 deliberate differences are listed in each docstring.
 """
@@ -11,17 +12,19 @@ import torchvision
 from torch import Tensor
 
 from detector.errors import DetectorError
-from detector.ops.backend import triton_kernels, use_triton
+from detector.ops.backend import dispatch, triton_kernels
 from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
 from detector.ops import soft_suppression
 from detector.ops.roi_align import roi_align
 from detector.ops.soft_suppression import METHODS as SOFT_NMS_METHODS
+from detector.ops.triton_check import TritonFallbackWarning
 
 __all__ = [
     "BELOW_LOW_THRESHOLD",
     "BETWEEN_THRESHOLDS",
     "SOFT_NMS_METHODS",
+    "TritonFallbackWarning",
     "batched_nms",
     "batched_soft_nms",
     "box_area",
@@ -50,9 +53,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str = "auto") -> Tensor:
     """IoU matrix [N, M] of two sets of xyxy boxes, equal to ``torchvision.ops.box_iou``."""
     _check("box_iou", boxes1, name="boxes1")
     _check("box_iou", boxes2, name="boxes2")
-    if use_triton(backend, boxes1, boxes2):
-        return triton_kernels().box_iou(boxes1, boxes2)
-    return torchvision.ops.box_iou(boxes1, boxes2)
+    return dispatch("box_iou", backend, (boxes1, boxes2), lambda: triton_kernels().box_iou(boxes1, boxes2),
+                    lambda: torchvision.ops.box_iou(boxes1, boxes2))
 
 
 def match(
@@ -79,9 +81,9 @@ def match(
     """
     _check("match", gt_boxes, name="gt_boxes")
     _check("match", boxes)
-    if use_triton(backend, gt_boxes, boxes):
-        return triton_kernels().match(gt_boxes, boxes, high, low, allow_low_quality)
-    return match_chunked(gt_boxes, boxes, high, low, allow_low_quality)
+    return dispatch("match", backend, (gt_boxes, boxes),
+                    lambda: triton_kernels().match(gt_boxes, boxes, high, low, allow_low_quality),
+                    lambda: match_chunked(gt_boxes, boxes, high, low, allow_low_quality))
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "auto") -> Tensor:
@@ -89,9 +91,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "aut
     ``torchvision.ops.nms`` (equal scores keep input order, a box is suppressed only when its
     IoU with a kept box is strictly above ``iou_threshold``, zero-area boxes suppress nothing)."""
     _check("nms", boxes, scores)
-    if use_triton(backend, boxes):
-        return triton_kernels().nms(boxes, scores, iou_threshold)
-    return torchvision.ops.nms(boxes, scores, iou_threshold)
+    return dispatch("nms", backend, (boxes,), lambda: triton_kernels().nms(boxes, scores, iou_threshold),
+                    lambda: torchvision.ops.nms(boxes, scores, iou_threshold))
 
 
 def soft_nms(boxes: Tensor, scores: Tensor, method: str = "gaussian", sigma: float = 0.5,
@@ -131,8 +132,13 @@ def batched_nms(
     such inputs the "torchvision" backend runs NMS class by class instead.
     """
     _check("batched_nms", boxes, scores)
-    if use_triton(backend, boxes):
-        return triton_kernels().batched_nms(boxes, scores, idxs, iou_threshold, image_idxs=image_idxs)
+    return dispatch("batched_nms", backend, (boxes,),
+                    lambda: triton_kernels().batched_nms(boxes, scores, idxs, iou_threshold, image_idxs=image_idxs),
+                    lambda: _batched_nms_per_image(boxes, scores, idxs, iou_threshold, image_idxs))
+
+
+def _batched_nms_per_image(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                           image_idxs: Tensor | None) -> Tensor:
     if image_idxs is None:
         return _batched_nms_torchvision(boxes, scores, idxs, iou_threshold)
     kept = []

@@ -43,7 +43,7 @@ def test_aspect_ratios_come_from_the_records_without_reading_files(tmp_path):
 def test_unreadable_or_mis_sized_image_raises_naming_the_file(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
-    with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read the image (not a readable image)")):
+    with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read the image (not an image: no image decoder recognizes its content)")):
         DetectionDataset([ImageRecord(1, bad, 10, 10)], CMAP)[0]
     with pytest.raises(DataError, match="file not found"):
         read_image(tmp_path / "gone.jpg")

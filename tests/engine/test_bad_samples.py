@@ -2,6 +2,7 @@
 process or not; with data.policy=strict it stops the run naming the file."""
 import pytest
 
+from detector.config import save_config
 from detector.data import DataError
 from detector.engine.trainer import Trainer
 
@@ -49,3 +50,26 @@ def test_strict_policy_stops_on_the_unreadable_image(tmp_path):
     broken = break_first_training_image(trainer)
     with pytest.raises(DataError, match=f"{broken}: cannot read the image"):
         trainer.fit()
+
+
+def test_eval_names_each_skipped_val_image_and_says_the_count_at_the_end(tmp_path, capsys):
+    from detector import build_model
+    from detector.cli import main as cli
+    from detector.config import config_to_dict
+    from detector.data import load_dataset
+    from detector.engine.checkpoint import save_checkpoint
+
+    config = tiny_config(tmp_path, "run", "model.backbone.pretrained=false")  # val: 2 synthetic images
+    val = load_dataset(config.data.val)  # draws them
+    config.model.num_classes = len(val.category_map)
+    save_checkpoint({"model": build_model(config).state_dict(), "config": config_to_dict(config),
+                     "categories": val.category_map.to_dict()}, tmp_path / "untrained.pt")
+    save_config(config, tmp_path / "eval.yaml")
+    cut = val.records[0].path
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])
+    code = cli(["eval", str(tmp_path / "eval.yaml"), "--weights", str(tmp_path / "untrained.pt"),
+                "--out", str(tmp_path / "ev")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{cut}: truncated: the JPEG data stops before its end-of-image marker" in captured.err
+    assert captured.out.strip().splitlines()[-1] == "val images: 1 scored, 1 skipped (named above)"

@@ -74,7 +74,7 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
     out = tmp_path / "predicted"
     assert cli(["predict", "--weights", str(weights), str(images[0].parent), "--out", str(out), "--score-thresh", "0.0",
                 "--max-detections", "5"]) == 0
-    written = json.loads((out / "predictions.json").read_text())
+    written = json.loads((out / "predictions.json").read_text())["predictions"]
     assert [entry["file"] for entry in written] == [str(p) for p in images]
     assert 0 < len(written[0]["detections"]) <= 5
     assert {d["name"] for entry in written for d in entry["detections"]} <= set(predictor.category_names)
@@ -90,7 +90,7 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
     assert cli(["eval", str(tmp_path / "run" / "config.yaml"), "model.backbone.fpn=true", "--weights", str(weights)]) == 2
     assert "model.backbone.fpn: fixed by the checkpoint" in capsys.readouterr().err
 
-    assert cli(["predict", "--weights", str(weights), str(tmp_path / "nothing_here")]) == 2
+    assert cli(["predict", "--weights", str(weights), str(tmp_path / "nothing_here"), "--out", str(tmp_path / "none")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
     # a video in, an annotated video and per-frame detections out
@@ -102,7 +102,7 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
         writer.write(cv2.resize(cv2.imread(str(path)), (160, 120)))
     writer.release()
     assert cli(["predict", "--weights", str(weights), str(video), "--out", str(tmp_path / "vid"), "--score-thresh", "0.0"]) == 0
-    frames = json.loads((tmp_path / "vid" / "predictions.json").read_text())[0]["frames"]
+    frames = json.loads((tmp_path / "vid" / "predictions.json").read_text())["predictions"][0]["frames"]
     assert len(frames) == 3 and (tmp_path / "vid" / "clip.mp4").stat().st_size > 0
 
 
