@@ -272,7 +272,7 @@ class ExportableFasterRCNN(nn.Module):
 
     def hard_nms(self, boxes: Tensor, scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-class NMS of the (proposal, class) candidates, then the best D of each image."""
-        roi, limit = self.roi_heads, self.detections_per_img
+        roi, num_classes, limit = self.roi_heads, self.num_classes, self.detections_per_img
         num_images = dim(boxes, 0)
         candidates = boxes.reshape(num_images, -1, 4)  # [B, P * K, 4], (proposal, class) order
         # Class c's row of NMS scores: the scores of class c's candidates, every other one masked.
