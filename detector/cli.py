@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args) -> int:
-    from detector import load_config
+    from detector import ConfigError, load_config
     from detector.engine.distributed import is_main, launched_by_torchrun, shutdown
     from detector.engine.trainer import Trainer
 
     if args.nproc < 1:
-        raise SystemExit("detector train: --nproc must be >= 1")
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not launched_by_torchrun():
         return launch_torchrun(args)
 

@@ -25,7 +25,7 @@ from detector.data.dataset import read_image
 from detector.data.records import DataError
 from detector.engine.checkpoint import write_atomically
 from detector.engine.plots import draw_boxes
-from detector.errors import DetectorError
+from detector.errors import DetectorError, WriteError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -203,7 +203,7 @@ class OutputFolder:
         import cv2
 
         if not cv2.imwrite(str(path), bgr):
-            raise OSError(f"could not write {path}")
+            raise WriteError(f"could not write {path}")
 
     def add(self, entry: dict) -> None:
         self.entries.append(json.dumps(entry))
