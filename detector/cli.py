@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
+    add_overrides(export, "test-time settings baked into the file, as --set, e.g. model.roi_heads.score_thresh=0.3")
     export.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
     export.add_argument("--out", default=None, help="the .onnx file to write (default: beside the weights)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
@@ -190,7 +191,7 @@ def predict(args) -> int:
 def export(args) -> int:
     from detector.export.onnx import export_onnx, signature
 
-    out = export_onnx(args.weights, args.out, opset=args.opset, overrides=args.settings)
+    out = export_onnx(args.weights, args.out, opset=args.opset, overrides=args.settings + args.overrides)
     print("\n".join(signature(out)))
     print(f"wrote {out}")
     return 0

@@ -80,11 +80,11 @@ def test_a_mistake_is_one_line_naming_it_and_exit_2(argv, message, capsys):
 def test_a_new_subcommand_gets_the_override_rules_by_declaring_them():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
-    export = commands.add_parser("export")
-    export.add_argument("--weights", required=True)
-    export.add_argument("--dynamic", nargs="?", const=True)
-    add_overrides(export, "settings")
-    args = parse_command_line(parser, ["export", "--dynamic", "a=1", "--weights", "w.pt", "b=2"])
+    made_up = commands.add_parser("made-up")
+    made_up.add_argument("--weights", required=True)
+    made_up.add_argument("--dynamic", nargs="?", const=True)
+    add_overrides(made_up, "settings")
+    args = parse_command_line(parser, ["made-up", "--dynamic", "a=1", "--weights", "w.pt", "b=2"])
     assert (args.dynamic, args.weights, args.overrides) == (True, "w.pt", ["a=1", "b=2"])
 
 

@@ -53,8 +53,11 @@ def test_predict_with_onnx_weights_writes_what_the_checkpoint_writes(lite0, tmp_
     for weights in (checkpoint, onnx_path):
         out = tmp_path / weights.suffix[1:]
         assert main(["predict", "--weights", str(weights), str(tmp_path / "*.png"), "--out", str(out), "--device", "cpu"]) == 0
-        results[weights.suffix] = json.loads((out / "predictions.json").read_text())
-        assert sorted(p.name for p in out.iterdir()) == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "predictions.json"]
+        written = json.loads((out / "predictions.json").read_text())
+        assert written["skipped"] == []
+        results[weights.suffix] = written["predictions"]
+        assert sorted(p.name for p in out.iterdir()) == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "predictions.json",
+                                                          "skipped.txt"]
     for eager, exported in zip(results[".pt"], results[".onnx"]):
         assert eager["file"] == exported["file"]
         as_arrays = lambda ds: {"boxes": np.array([d["bbox_xyxy"] for d in ds]).reshape(-1, 4),  # noqa: E731
