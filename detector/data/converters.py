@@ -57,6 +57,7 @@ def write_image(source: Path, target: Path, width: int, height: int) -> None:
 
 
 def write_coco(path: Path, images: list, annotations: list, categories: list, info: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories, "info": info}))
 
 
