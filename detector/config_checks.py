@@ -6,7 +6,6 @@ so a bad value fails in a second with its key instead of as NaN an hour into tra
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from detector.errors import ConfigError
