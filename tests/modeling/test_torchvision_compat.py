@@ -38,6 +38,12 @@ def test_same_detections_as_torchvision(name, num_images, real_photos):
     reference = confident_random_model(name)
     ours = from_torchvision(name, reference.state_dict())
     assert not ours.training
+    assert (ours.transform.min_size, ours.transform.max_size) == (reference.transform.min_size[-1], reference.transform.max_size)
+    # The builders' 800 px short side makes a ResNet-50 forward pass take most of a minute on a
+    # small CPU; the comparison is the same at a smaller size, set identically on both models.
+    if reference.transform.min_size[-1] > 400:
+        reference.transform.min_size, reference.transform.max_size = (400,), 667
+        ours.transform.min_size, ours.transform.max_size = 400, 667
     images = real_photos[:num_images]
     with torch.no_grad():
         expected, got = reference(images), ours(images)
