@@ -167,6 +167,8 @@ def get_dataset(name: str, local: str | Path | None = None, *, force: bool = Fal
         log(f"{name} is already installed in {target} (--force reinstalls it)")
         return target
     home.mkdir(parents=True, exist_ok=True)
+    for stale in home.glob(f".{name}.*.partial"):  # left by an install that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=home))
     try:
         if local is not None:
