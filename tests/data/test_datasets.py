@@ -63,9 +63,10 @@ def test_get_from_a_local_copy_installs_and_the_recipe_finds_it(home, raccoon_co
                                           r".*home/raccoon; get it with `detector datasets get raccoon`"):
         check_data_paths(config.data)
 
+    (home / ".raccoon.x1y2.partial" / "images").mkdir(parents=True)  # what a killed install leaves
     folder = datasets.get_dataset("raccoon", raccoon_copy, log=lambda line: None)
     assert folder == home / "raccoon" and datasets.is_installed("raccoon")
-    assert leftovers(home) == ["raccoon"]  # no staging folder left
+    assert leftovers(home) == ["raccoon"]  # no staging folder left, neither this one's nor the killed one's
     assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "coco_train.json", "coco_val.json", "images", "installed.json"]
     assert len(list((folder / "images").iterdir())) == 200
     manifest = json.loads((folder / "installed.json").read_text())
