@@ -7,6 +7,7 @@
   detector model [CONFIG] [key=value ...]
   detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
   detector serve --weights W(.pt|.onnx) [--host 127.0.0.1] [--port 8000]
+  detector datasets [get NAME [--from PATH] [--force]]
 
 --weights of eval and predict may also be a `.onnx` file of `detector export` (run by ONNX Runtime).
 key=value overrides may come before or after any option (arguments.py). predict exits 0 when
@@ -82,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
     add_overrides(model, "dotted key=value overrides, e.g. model.backbone.fpn=true")
+
+    datasets = commands.add_parser("datasets", help="list the known real data sets, or install one (get)",
+                                   description="Without arguments: list the known data sets and where they are "
+                                               "installed ($DETECTOR_DATA, default ~/.cache/detector/datasets).")
+    actions = datasets.add_subparsers(dest="action")
+    get = actions.add_parser("get", help="download (or copy --from a local copy), verify and install a data set")
+    get.add_argument("name", help="data set name, e.g. raccoon or bccd")
+    get.add_argument("--from", dest="local", default=None, metavar="PATH",
+                     help="install from a local copy in the installed COCO layout instead of downloading")
+    get.add_argument("--force", action="store_true", help="reinstall even if it is installed")
     return parser
 
 
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from detector.errors import DetectorError
 
     commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model, "export": export,
-                "serve": serve}
+                "serve": serve, "datasets": datasets}
     try:
         return commands[args.command](args)
     except (DetectorError, FileNotFoundError) as error:
@@ -222,6 +233,20 @@ def describe_model(args) -> int:
           f"sizes {config.model.anchors.sizes} x ratios {config.model.anchors.aspect_ratios}")
     print(f"classes         {model.num_classes} + background")
     print(f"parameters      {sum(p.numel() for p in params):,} ({trainable:,} trainable)")
+    return 0
+
+
+def datasets(args) -> int:
+    from detector.data import datasets as registry
+
+    if args.action == "get":
+        registry.get_dataset(args.name, args.local, force=args.force)
+        return 0
+    print(f"data sets in {registry.data_home()} (${registry.HOME_VARIABLE} to change):")
+    for entry in registry.status():
+        state = "installed" if entry["installed"] else f"not installed (detector datasets get {entry['name']})"
+        print(f"  {entry['name']:<10} {state}\n    {entry['description']}; {entry['license']}\n"
+              f"    folder {entry['folder']}\n    source {entry['url']}")
     return 0
 
 

@@ -6,7 +6,6 @@ so a bad value fails in a second with its key instead of as NaN an hour into tra
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from detector import choices
@@ -168,6 +167,9 @@ def _lookup(config: Any, key: str) -> tuple[bool, Any]:
 def check_data_paths(data: Any) -> None:
     """Raise a ConfigError naming the dotted key and the path of a dataset file or folder that
     does not exist (checked when data is about to be read, not at config load)."""
+    from detector.data.datasets import resolve_data_path
+    from detector.data.records import DataError
+
     for split in ("train", "val"):
         dataset = getattr(data, split)
         if dataset is None or dataset.format == "synthetic":  # drawn on first use
@@ -176,7 +178,10 @@ def check_data_paths(data: Any) -> None:
             value = getattr(dataset, key)
             if value is None:
                 continue
-            path = Path(value).expanduser()
+            try:
+                path = resolve_data_path(value)  # ${DETECTOR_DATA}/NAME/...: an installed data set
+            except DataError as error:
+                raise ConfigError(f"data.{split}.{key}: {error}") from None
             exists = path.is_file() if kind == "file" else path.is_dir()
             if not exists:
                 raise ConfigError(f"data.{split}.{key}: {kind} not found: {path.resolve()}")

@@ -1,42 +1,43 @@
-"""Shared test helpers: real photos from ../shared/data (skipped with a reason when absent)."""
-from __future__ import annotations
+"""Shared test helpers: real photographs that travel with the test dependencies.
 
-import json
-from pathlib import Path
+scikit-image (a dev extra) ships its sample photos inside the package, so every clone and CI run
+has them: no download, no ../shared folder, no skip.
+"""
+from __future__ import annotations
 
 import pytest
 import torch
 
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Boxes drawn by hand on the skimage photos (xyxy pixels, one class), for the tests that need a
+# loss on real image content; checked by drawing them over the photos.
+HAND_DRAWN_BOXES = {
+    "astronaut": [[170.0, 55.0, 280.0, 170.0],     # her face
+                  [275.0, 340.0, 505.0, 512.0]],   # the helmet in the bottom right corner
+    "coffee": [[172.0, 18.0, 410.0, 305.0],        # the cup, handle included
+               [322.0, 62.0, 425.0, 328.0]],       # the spoon
+}
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, read_image
+def skimage_photo(name: str) -> torch.Tensor:
+    """A scikit-image sample photo as a [3, H, W] float tensor in 0..1."""
+    from skimage import data
 
-    return read_image(str(path), ImageReadMode.RGB).float() / 255
+    return torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float() / 255
 
 
 @pytest.fixture(scope="session")
-def raccoon_images() -> list[torch.Tensor]:
-    """The first three raccoon val photos as [3, H, W] float tensors in 0..1 (different sizes)."""
-    annotations = DATA_ROOT / "raccoon" / "coco_val.json"
-    if not annotations.is_file():
-        pytest.skip(f"real images not found at {annotations.parent} (../shared/data is absent)")
-    files = [image["file_name"] for image in json.loads(annotations.read_text())["images"][:3]]
-    return [_read_rgb(annotations.parent / name) for name in files]
+def real_photos() -> list[torch.Tensor]:
+    """Three real photos of different sizes and aspect ratios: chelsea 300x451, coffee 400x600,
+    rocket 427x640 (H x W)."""
+    return [skimage_photo(name) for name in ("chelsea", "coffee", "rocket")]
 
 
 @pytest.fixture(scope="session")
-def raccoon_sample() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two raccoon train photos and their real boxes as targets (label 1)."""
-    annotations = DATA_ROOT / "raccoon" / "coco_train.json"
-    if not annotations.is_file():
-        pytest.skip(f"real images not found at {annotations.parent} (../shared/data is absent)")
-    data = json.loads(annotations.read_text())
+def real_sample() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Two real photos (astronaut 512x512, coffee 400x600) and their hand-drawn boxes as targets (label 1)."""
     images, targets = [], []
-    for image in data["images"][:2]:
-        boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image["id"]]
-        xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32)
-        images.append(_read_rgb(annotations.parent / image["file_name"]))
-        targets.append({"boxes": xyxy, "labels": torch.ones(len(boxes), dtype=torch.int64)})
+    for name in ("astronaut", "coffee"):
+        boxes = torch.tensor(HAND_DRAWN_BOXES[name])
+        images.append(skimage_photo(name))
+        targets.append({"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)})
     return images, targets

@@ -11,7 +11,6 @@ import copy
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torchvision
@@ -22,10 +21,11 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detector import build_model, load_config
+from detector.data.datasets import resolve_data_path
 from detector.modeling.backbones.base import FrozenBatchNorm2d
 from detector.data import read_image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
+DATA = "${DETECTOR_DATA}/raccoon"  # the raccoon val photos: `detector datasets get raccoon`
 
 
 def with_torchvision_norms(module: torch.nn.Module) -> torch.nn.Module:
@@ -67,11 +67,12 @@ def torchvision_twin(ours) -> TorchvisionFasterRCNN:
 
 
 def load_samples(count: int):
-    data = json.loads((DATA / "coco_val.json").read_text())
+    folder = resolve_data_path(DATA)  # an error naming the command when it is not installed
+    data = json.loads((folder / "coco_val.json").read_text())
     images, targets = [], []
     for image in data["images"][:count]:
         boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image["id"]]
-        images.append(torch.from_numpy(read_image(DATA / image["file_name"])).permute(2, 0, 1).float() / 255)
+        images.append(torch.from_numpy(read_image(folder / image["file_name"])).permute(2, 0, 1).float() / 255)
         targets.append({
             "boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32),
             "labels": torch.ones(len(boxes), dtype=torch.int64),

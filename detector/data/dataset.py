@@ -157,6 +157,7 @@ def read_records(config: DatasetConfig, category_map: CategoryMap | None = None,
                  verify_images: bool = True) -> tuple[list[ImageRecord], CategoryMap, DatasetReport]:
     """Dispatch on `config.format` to the reader; (records, category map, report)."""
     from detector.data.coco import read_coco
+    from detector.data.datasets import resolve_data_path
     from detector.data.synthetic import make_synthetic_dataset
     from detector.data.voc import read_voc
     from detector.data.yolo import read_yolo
@@ -167,12 +168,19 @@ def read_records(config: DatasetConfig, category_map: CategoryMap | None = None,
             raise DataError(f"data: format {config.format!r} needs '{key}' set in the dataset config")
         return value
 
+    def path(key: str) -> Path | None:  # ${DETECTOR_DATA}/NAME/... -> the installed data set NAME
+        value = getattr(config, key)
+        return resolve_data_path(value) if value else None
+
     if config.format == "coco":
-        return read_coco(need("annotations"), config.images, category_map, verify_images=verify_images)
+        need("annotations")
+        return read_coco(path("annotations"), path("images"), category_map, verify_images=verify_images)
     if config.format == "voc":
-        return read_voc(need("root"), config.split, category_map, verify_images=verify_images)
+        need("root")
+        return read_voc(path("root"), config.split, category_map, verify_images=verify_images)
     if config.format == "yolo":
-        return read_yolo(need("root"), config.split, config.names, category_map)
+        need("root")
+        return read_yolo(path("root"), config.split, path("names"), category_map)
     if config.format == "synthetic":
         root = Path(config.root).expanduser() if config.root else DEFAULT_SYNTHETIC_ROOT.expanduser()
         annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed)

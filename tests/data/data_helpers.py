@@ -1,4 +1,4 @@
-"""Helpers for the data tests: tiny image files, and the real datasets in ../shared/data."""
+"""Helpers for the data tests: tiny image files, and the real annotation files committed in real/."""
 from __future__ import annotations
 
 import json
@@ -6,17 +6,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parent / "real"  # see real/README.md
 
 
-def shared_json(name: str) -> Path:
-    """A real COCO JSON under ../shared/data, or a skip saying it is absent."""
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"real dataset not found: {path} (../shared/data is absent)")
-    return path
+def real_json(name: str) -> Path:
+    """A real COCO JSON committed under tests/data/real, e.g. 'raccoon/coco_train.json'."""
+    return REAL_DATA / name
+
+
+def write_blank_images(annotations: Path, root: Path) -> Path:
+    """A plain image at every `file_name` of a COCO JSON, at the size the JSON gives it, under
+    `root`: the real annotations can then be read with image checks on, without the real photos."""
+    for image in json.loads(annotations.read_text())["images"]:
+        write_image(root / image["file_name"], image["width"], image["height"])
+    return root
 
 
 def write_image(path: Path, width: int, height: int, colour=(90, 90, 90)) -> Path:

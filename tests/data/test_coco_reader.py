@@ -3,7 +3,7 @@ import re
 
 import numpy as np
 import pytest
-from data_helpers import shared_json, write_coco, write_image
+from data_helpers import real_json, write_blank_images, write_coco, write_image
 
 from detector.config import DatasetConfig
 from detector.data import CategoryMap, DataError, load_dataset, read_coco
@@ -18,12 +18,21 @@ def json_counts(path):
     return data, per_id
 
 
+@pytest.fixture(scope="module")
+def raccoon_images(tmp_path_factory):
+    """Plain images at the sizes the real raccoon annotations give (the reader checks each file)."""
+    root = tmp_path_factory.mktemp("raccoon")
+    for name in ("raccoon/coco_train.json", "raccoon/coco_val.json"):
+        write_blank_images(real_json(name), root)
+    return root
+
+
 @pytest.mark.parametrize("name, images, boxes", [("raccoon/coco_train.json", 160, 173),
                                                   ("raccoon/coco_val.json", 40, 44)])
-def test_raccoon_counts(name, images, boxes):
-    path = shared_json(name)
+def test_raccoon_counts(name, images, boxes, raccoon_images):
+    path = real_json(name)
     data, per_id = json_counts(path)
-    records, cmap, report = read_coco(path)
+    records, cmap, report = read_coco(path, raccoon_images)
     assert len(records) == images == len(data["images"])
     assert sum(len(r.boxes) for r in records) == boxes == len(data["annotations"])
     assert cmap.to_dict() == {"ids": [1], "names": ["raccoon"]}
@@ -32,29 +41,30 @@ def test_raccoon_counts(name, images, boxes):
     assert all(r.labels.tolist() == [1] * len(r.labels) for r in records)
 
 
-def test_raccoon_train_and_val_make_217_boxes_and_share_the_map():
-    train = load_dataset(DatasetConfig(format="coco", annotations=str(shared_json("raccoon/coco_train.json"))))
-    val = load_dataset(DatasetConfig(format="coco", annotations=str(shared_json("raccoon/coco_val.json"))),
-                       train.category_map)
+def test_raccoon_train_and_val_make_217_boxes_and_share_the_map(raccoon_images):
+    train = load_dataset(DatasetConfig(format="coco", annotations=str(real_json("raccoon/coco_train.json")),
+                                       images=str(raccoon_images)))
+    val = load_dataset(DatasetConfig(format="coco", annotations=str(real_json("raccoon/coco_val.json")),
+                                     images=str(raccoon_images)), train.category_map)
     assert val.category_map is train.category_map
     assert train.report.num_boxes + val.report.num_boxes == 217
     assert "160 images, 173 boxes, 1 classes" in train.summary()
 
 
 def test_bccd_classes_and_per_class_counts_from_the_json():
-    path = shared_json("bccd/coco_trainval.json")
+    path = real_json("bccd/coco_sample.json")  # 3 real trainval images and their 51 boxes
     data, per_id = json_counts(path)
     records, cmap, report = read_coco(path)
     assert cmap.names == ("RBC", "WBC", "Platelets") and cmap.ids == (1, 2, 3)
     assert report.per_class == {"RBC": per_id[1], "WBC": per_id[2], "Platelets": per_id[3]}
-    assert report.per_class == {"RBC": 3348, "WBC": 301, "Platelets": 292}
-    assert len(records) == 292 and report.num_boxes == 3941
+    assert report.per_class == {"RBC": 44, "WBC": 3, "Platelets": 4}
+    assert len(records) == 3 and report.num_boxes == 51 and report.data_lost == []
     labels = np.concatenate([r.labels for r in records])
-    assert np.bincount(labels).tolist() == [0, 3348, 301, 292]
+    assert np.bincount(labels).tolist() == [0, 44, 3, 4]
 
 
 def test_bccd_first_box_is_xywh_converted_to_xyxy():
-    path = shared_json("bccd/coco_trainval.json")
+    path = real_json("bccd/coco_sample.json")
     data = json.loads(path.read_text())
     first = data["annotations"][0]  # image 1, WBC, bbox [208.0, 141.6, 184.8, 159.2]
     records, cmap, _ = read_coco(path)

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import shared_json, write_coco, write_image
+from data_helpers import real_json, write_coco, write_image
 
 from detector.config import DatasetConfig
 from detector.data import DataError, DetectionDataset, ImageRecord, load_dataset, read_image
@@ -107,9 +107,10 @@ def test_exif_orientation_is_applied_so_boxes_stay_on_the_object(tmp_path, orien
     torch.testing.assert_close(target["boxes"][0], torch.tensor([10.0, 5, 40, 25]))
 
 
-def test_raccoon_val_decodes_at_the_annotated_sizes():
-    """Every real val photo (3 of the set are grayscale) decodes to 3 channels at its record's size."""
-    dataset = load_dataset(DatasetConfig(format="coco", annotations=str(shared_json("raccoon/coco_val.json"))))
+def test_real_photos_decode_at_the_annotated_sizes():
+    """Real raccoon photos (one of them grayscale) decode to 3 channels at their record's size."""
+    dataset = load_dataset(DatasetConfig(format="coco", annotations=str(real_json("raccoon/coco_sample.json"))))
+    assert len(dataset) == 5 and dataset.report.problems == []
     for index in range(len(dataset)):
         tensor, target = dataset[index]
         record = dataset.records[index]

@@ -24,7 +24,7 @@ while True:
 """
 
 
-def wait_for(condition, timeout=120.0):
+def wait_for(condition, timeout=600.0):  # a guard against a hang, not a timing check: a busy machine needed > 120 s
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, "timed out"

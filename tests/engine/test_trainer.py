@@ -165,7 +165,8 @@ def poison_forward(trainer, at_iterations, once=False):
 
 
 def test_rollback_reloads_last_checkpoint_with_a_lower_learning_rate(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.rollback_lr_factor=0.25"))
+    # no validation set: nothing here depends on it, and evaluating and plotting cost more than the training
+    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.rollback_lr_factor=0.25", "data.val=null"))
     base_lrs = list(trainer.scheduler.base_lrs)
     poisoned = poison_forward(trainer, at_iterations={4}, once=True)
     trainer.fit()
@@ -178,7 +179,7 @@ def test_rollback_reloads_last_checkpoint_with_a_lower_learning_rate(tmp_path):
 
 
 def test_rollback_gives_up_after_max_rollbacks(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.max_rollbacks=2"))
+    trainer = Trainer(tiny_config(tmp_path, "run", "train.non_finite=rollback", "train.max_rollbacks=2", "data.val=null"))
     poisoned = poison_forward(trainer, at_iterations={0, 1, 2, 3, 4, 5})
     with pytest.raises(NonFiniteLossError, match=r"iteration 1 \(epoch 1\).*Gave up after 2 rollbacks"):
         trainer.fit()

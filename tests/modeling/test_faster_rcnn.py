@@ -8,7 +8,7 @@ from detector import TargetError, build_model, load_config
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    config = load_config(None, ["model.num_classes=2", "model.transform.min_size=320", "model.transform.max_size=512"])
+    config = load_config(None, ["model.num_classes=2", "model.transform.min_size=224", "model.transform.max_size=352"])
     return build_model(config)
 
 
@@ -24,8 +24,8 @@ def test_default_model_is_the_paper_layout():
     assert model.roi_heads.box_predictor.cls_score.out_features == config.model.num_classes + 1
 
 
-def test_training_step_returns_four_finite_losses_and_gradients(small_model, raccoon_sample):
-    images, targets = raccoon_sample
+def test_training_step_returns_four_finite_losses_and_gradients(small_model, real_sample):
+    images, targets = real_sample
     negative = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
     small_model.train()
     losses = small_model(images + [images[0]], targets + [negative])
@@ -37,11 +37,11 @@ def test_training_step_returns_four_finite_losses_and_gradients(small_model, rac
     small_model.zero_grad()
 
 
-def test_eval_boxes_are_in_original_image_coordinates(small_model, raccoon_images):
+def test_eval_boxes_are_in_original_image_coordinates(small_model, real_photos):
     small_model.eval()
     with torch.no_grad():
-        detections = small_model(raccoon_images)
-    for image, detection in zip(raccoon_images, detections):
+        detections = small_model(real_photos)
+    for image, detection in zip(real_photos, detections):
         height, width = image.shape[-2:]
         boxes = detection["boxes"]
         assert boxes.shape[1] == 4 and len(boxes) == len(detection["scores"]) == len(detection["labels"])
@@ -49,12 +49,15 @@ def test_eval_boxes_are_in_original_image_coordinates(small_model, raccoon_image
         assert detection["labels"].dtype == torch.int64
 
 
-def test_learns_a_real_image(raccoon_sample):
+def test_learns_a_real_image(real_sample):
     """A few SGD steps on one photo must cut the loss: the pieces fit together and learn."""
     torch.manual_seed(0)
-    config = load_config(None, ["model.num_classes=1", "model.transform.min_size=256", "model.transform.max_size=320"])
+    # Only the backbone's top stage learns, as when fine-tuning: the backward pass through every
+    # stage's depthwise convolutions cost 2.5x the CPU time and is not what this test is about.
+    config = load_config(None, ["model.num_classes=1", "model.transform.min_size=192", "model.transform.max_size=256",
+                                "model.backbone.trainable_layers=1"])
     model = build_model(config).train()
-    images, targets = raccoon_sample
+    images, targets = real_sample
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     history = []

@@ -24,12 +24,12 @@ def test_resize_short_side_with_long_side_cap_and_padding():
     assert batch.tensors[0, :, 250:].abs().sum() == 0  # padding is zeros
 
 
-def test_equal_to_torchvision_transform_on_real_images(raccoon_images):
+def test_equal_to_torchvision_transform_on_real_images(real_photos):
     ours = DetectionTransform(800, 1333, IMAGENET_MEAN, IMAGENET_STD)
     theirs = GeneralizedRCNNTransform(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD)).eval()
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0]]), "labels": torch.tensor([1])} for _ in raccoon_images]
-    a, a_targets = ours(raccoon_images, targets)
-    b, b_targets = theirs(raccoon_images, targets)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0]]), "labels": torch.tensor([1])} for _ in real_photos]
+    a, a_targets = ours(real_photos, targets)
+    b, b_targets = theirs(real_photos, targets)
     assert a.image_sizes == b.image_sizes
     assert torch.equal(a.tensors, b.tensors)
     for x, y in zip(a_targets, b_targets):

@@ -1,14 +1,11 @@
-"""Real photos for the backbone tests: skimage's chelsea (a tabby cat, ImageNet classes 281-285)
-and a raccoon photo from ../shared/data (skipped with a reason when absent)."""
+"""Real photos for the backbone tests, from scikit-image's bundled samples (no download, no skip):
+chelsea (a tabby cat, ImageNet classes 281-285) and coffee (a cup on a saucer)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-RACCOON_IMAGES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "raccoon" / "images"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -31,14 +28,10 @@ def chelsea() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def raccoon_photo() -> torch.Tensor:
-    """A raccoon photo resized to 232x312 (not multiples of 32: the FPN's upsampling must cope),
-    ImageNet-normalized, as [1, 3, H, W]."""
-    import numpy as np
-    from PIL import Image
+def real_photo() -> torch.Tensor:
+    """skimage's coffee photo resized to 232x312 (not multiples of 32: the FPN's upsampling must
+    cope), ImageNet-normalized, as [1, 3, H, W]."""
+    from skimage import data
 
-    files = sorted(RACCOON_IMAGES.glob("*.jpg"))
-    if not files:
-        pytest.skip(f"no real images at {RACCOON_IMAGES} (../shared/data is absent)")
-    image = torch.from_numpy(np.array(Image.open(files[0]).convert("RGB"))).permute(2, 0, 1).float() / 255
+    image = torch.from_numpy(data.coffee()).permute(2, 0, 1).float() / 255
     return normalize(resize(image, (232, 312)), IMAGENET_MEAN, IMAGENET_STD)[None]

@@ -52,7 +52,7 @@ def randomize_batch_norms(module: nn.Module) -> None:
 
 @pytest.mark.parametrize("builder_name", list(CASES))
 @torch.no_grad()
-def test_same_names_and_same_features_as_torchvision(builder_name, raccoon_photo):
+def test_same_names_and_same_features_as_torchvision(builder_name, real_photo):
     torch.manual_seed(0)
     builder, fields = CASES[builder_name]
     reference = builder(weights=None, weights_backbone=None).backbone.eval()
@@ -61,20 +61,20 @@ def test_same_names_and_same_features_as_torchvision(builder_name, raccoon_photo
 
     assert list(ours.state_dict()) == list(reference.state_dict())
     ours.load_state_dict(reference.state_dict())  # strict
-    expected, features = reference(raccoon_photo), ours(raccoon_photo)
+    expected, features = reference(real_photo), ours(real_photo)
 
     assert list(features) == list(expected) == ours.featmap_names
     for key in expected:
         torch.testing.assert_close(features[key], expected[key], rtol=1e-5, atol=1e-5)
     assert ours.out_channels == reference.out_channels == 256
     assert ours.strides == STRIDES[fields["name"]]
-    assert [raccoon_photo.shape[-1] / f.shape[-1] for f in features.values()] == pytest.approx(
+    assert [real_photo.shape[-1] / f.shape[-1] for f in features.values()] == pytest.approx(
         ours.strides, rel=0.2  # 312 px is not a multiple of the strides: sizes round up
     )
 
 
 @torch.no_grad()
-def test_frozen_batch_norm_variant_loads_the_same_weights(raccoon_photo):
+def test_frozen_batch_norm_variant_loads_the_same_weights(real_photo):
     # torchvision's pretrained fasterrcnn_resnet50_fpn uses FrozenBatchNorm2d; its state dict (or a
     # BatchNorm2d one, whose num_batches_tracked FrozenBatchNorm2d drops) loads and computes the same.
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_frozen_batch_norm_variant_loads_the_same_weights(raccoon_photo):
     randomize_batch_norms(reference)
     ours = build_backbone(BackboneConfig(name="mobilenet_v3_large", fpn=True, pretrained=False, frozen_bn=True))
     ours.eval().load_state_dict(reference.state_dict())
-    expected, features = reference(raccoon_photo), ours(raccoon_photo)
+    expected, features = reference(real_photo), ours(real_photo)
     for key in expected:
         torch.testing.assert_close(features[key], expected[key], rtol=1e-4, atol=1e-4)
 
