@@ -4,6 +4,9 @@
   detector eval CONFIG --weights W [key=value ...]
   detector predict --weights W SOURCE... [--out DIR] [--score-thresh T] [--max-detections N] [--set KEY=VALUE]
   detector model [CONFIG] [key=value ...]
+  detector data CONFIG [key=value ...] [--out DIR]
+  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K]
+  detector analyze --gt ground_truth.json --predictions predictions.json [--images DIR] [--out DIR] ...
 """
 from __future__ import annotations
 
@@ -52,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
     model.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.backbone.fpn=true")
+
+    # detector.analysis: look at the data before training and at the errors after.
+    data = commands.add_parser("data", help="data set report before training: class and box statistics, anchor fit "
+                                            "and suggested anchors, labels / anchor plots, first training batches")
+    data.add_argument("config", help="YAML config naming data.train (and data.val)")
+    data.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.transform.min_size=800")
+    data.add_argument("--out", default=None, help="output folder (default: runs/data/<config name>)")
+
+    analyze = commands.add_parser("analyze", help="error analysis: TIDE error types with their AP50 cost, confusion "
+                                                  "matrix, F1 per class, gallery of the images with the most errors")
+    analyze.add_argument("config", nargs="?", help="YAML config naming data.val (with --weights)")
+    analyze.add_argument("overrides", nargs="*", help="dotted key=value overrides (as `detector eval`)")
+    analyze.add_argument("--weights", default=None, help="checkpoint to predict the val set with")
+    analyze.add_argument("--gt", default=None, help="COCO ground-truth file (e.g. a run's eval/ground_truth.json)")
+    analyze.add_argument("--predictions", default=None, help="COCO results file (e.g. eval/predictions.json)")
+    analyze.add_argument("--images", default=None, help="folder the ground truth's file names are relative to")
+    analyze.add_argument("--out", default=None, help="output folder (default: the run's eval/analysis/)")
+    analyze.add_argument("--score-thresh", type=float, default=None,
+                         help="score threshold of the confusion matrix, F1 and gallery (default: the best F1's)")
+    analyze.add_argument("--worst", type=int, default=9, help="images in the gallery of the most errors")
     return parser
 
 
@@ -66,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from detector.errors import DetectorError
 
-    commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model}
+    commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model,
+                "data": data_report, "analyze": analyze}
     try:
         return commands[args.command](args)
     except (DetectorError, FileNotFoundError) as error:
@@ -257,6 +281,39 @@ def describe_model(args) -> int:
           f"sizes {config.model.anchors.sizes} x ratios {config.model.anchors.aspect_ratios}")
     print(f"classes         {model.num_classes} + background")
     print(f"parameters      {sum(p.numel() for p in params):,} ({trainable:,} trainable)")
+    return 0
+
+
+def data_report(args) -> int:
+    from detector import load_config
+    from detector.analysis.data_report import write_data_report
+    from detector.analysis.summary import format_data_report
+
+    out = Path(args.out or Path("runs/data") / Path(args.config).stem)
+    print(format_data_report(write_data_report(load_config(args.config, args.overrides), out, args.config), out))
+    return 0
+
+
+def analyze(args) -> int:
+    from detector.analysis.analyze import analyze_checkpoint, analyze_files
+    from detector.analysis.summary import format_analysis
+    from detector.errors import DetectorError
+
+    options = {"score_threshold": args.score_thresh, "worst": args.worst, "image_root": args.images}
+    if args.gt or args.predictions:
+        if not (args.gt and args.predictions) or args.config or args.weights:
+            raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
+        result = analyze_files(args.gt, args.predictions, args.out, **options)
+    elif args.config and args.weights:
+        from detector import load_config
+        from detector.config import parse_override
+
+        config = load_config(args.config, args.overrides)
+        test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
+        result = analyze_checkpoint(config, args.weights, args.out, test_time, **options)
+    else:
+        raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
+    print(format_analysis(result, Path(result["files"][0]).parent))
     return 0
 
 

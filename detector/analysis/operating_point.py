@@ -49,9 +49,7 @@ class OperatingPoint:
 
     def to_json(self) -> dict:
         return {"score_threshold": self.threshold, "best_f1_threshold": self.best_f1_threshold,
-                "mean_f1": self.mean_f1, "per_class": self.per_class,
-                "errors_per_image": sorted(({"image": i.index, "fp": len(i.false_positives), "fn": len(i.missed)}
-                                            for i in self.images if i.num_errors), key=lambda e: -(e["fp"] + e["fn"]))}
+                "mean_f1": self.mean_f1, "per_class": self.per_class}
 
 
 def operating_point(evalset: EvalSet, verdicts: list[ImageErrors], threshold: float | None = None) -> OperatingPoint:
