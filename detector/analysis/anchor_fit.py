@@ -52,7 +52,8 @@ class ModelGeometry:
     def __post_init__(self) -> None:
         config = copy.deepcopy(self.config)
         config.model.backbone.pretrained = False  # shapes only: no weights needed
-        self._model = build_model(config)
+        with torch.random.fork_rng(devices=[]):  # its random init must not move a training run's random stream
+            self._model = build_model(config)
         self._model.backbone.to("meta")
 
     @property

@@ -61,10 +61,11 @@ def _size_counts(areas: np.ndarray) -> dict:
 
 
 def data_report(config: Config, train_records, class_names, val_records=None,
-                geometry: ModelGeometry | None = None) -> tuple[dict, AnchorFit]:
-    """(data_report.json's content, the anchor fit of the train split)."""
+                geometry: ModelGeometry | None = None, suggest: bool = True) -> tuple[dict, AnchorFit]:
+    """(data_report.json's content, the anchor fit of the train split, with suggested anchors
+    when `suggest`)."""
     geometry = geometry or ModelGeometry(config)
-    fit = anchor_fit(config, train_records, class_names, geometry=geometry)
+    fit = anchor_fit(config, train_records, class_names, suggest=suggest, geometry=geometry)
     resize = {"min_size": config.model.transform.min_size, "max_size": config.model.transform.max_size}
     report = {"classes": list(class_names), "resize": resize,
               "train": split_statistics(train_records, class_names, geometry)}

@@ -56,25 +56,34 @@ def write_batch_previews(config: Config, dataset, out_dir: str | Path, batches: 
 
 
 def write_training_previews(config: Config, train_loader_or_dataset, run_dir: str | Path,
-                            max_images: int = PREVIEW_MAX_IMAGES) -> list[Path]:
+                            max_images: int = PREVIEW_MAX_IMAGES, suggest_anchors: bool = False) -> list[Path]:
     """What `detector train` writes at the start of a run into `run_dir`: train_batch0/1.jpg
     (from the given training loader, or one built like the trainer's from a dataset),
     labels.png, anchor_fit.png and data_report.json for the training split (on at most
-    `max_images` images drawn at random, seeded, so a big data set stays quick)."""
+    `max_images` images drawn at random, seeded, so a big data set stays quick). The search
+    for better anchors is `detector data`'s (`suggest_anchors` runs it here too)."""
+    from detector.engine.checkpoint import restore_rng_states, rng_states
+
+    states = rng_states()  # the run trains exactly as it would without its previews
+    try:
+        return _write_training_previews(config, train_loader_or_dataset, Path(run_dir), max_images, suggest_anchors)
+    finally:
+        restore_rng_states(states)
+
+
+def _write_training_previews(config: Config, given, run_dir: Path, max_images: int, suggest_anchors: bool) -> list[Path]:
     from detector.analysis.data_report import data_report
     from detector.analysis.plots import plot_anchor_fit, plot_labels
 
-    given = train_loader_or_dataset
     is_loader = hasattr(given, "batch_sampler")
     dataset = given.dataset if is_loader else given
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     records = dataset.records
     if len(records) > max_images:
         chosen = np.sort(np.random.default_rng(0).choice(len(records), max_images, replace=False))
         records = [records[i] for i in chosen]
     names = list(dataset.category_map.names)
-    report, fit = data_report(config, records, names)
+    report, fit = data_report(config, records, names, suggest=suggest_anchors)
     report["images_looked_at"] = f"{len(records)} of {len(dataset.records)} training images"
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
     written = [run_dir / "data_report.json", plot_labels(fit.boxes, records, names, run_dir / "labels.png"),

@@ -209,6 +209,12 @@ class Trainer:
             f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
             for g in self.optimizer.param_groups))
         self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
+        # --- analysis previews (issue 12; to move into a start-of-run hook) -----------------
+        if train.previews and distributed.is_main() and self.iteration == 0:  # a fresh run, not a resumed one
+            from detector.analysis.previews import write_training_previews
+            written = write_training_previews(self.config, self.loader, self.run_dir)
+            self.log.info(f"looked at the data: {', '.join(p.name for p in written)} in {self.run_dir}")
+        # --------------------------------------------------------------------------------------
         metrics: dict = {}
         if train.non_finite == "rollback" and not (self.weights_dir / "last.pt").exists():
             self.save(self.state(), "last.pt")  # something to roll back to
