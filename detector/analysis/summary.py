@@ -1,6 +1,8 @@
 """What `detector data` and `detector analyze` print: short tables made from their JSON reports."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from detector.analysis.errors import ERROR_TYPES
 from detector.analysis.plots import ERROR_NAMES
 
@@ -64,7 +66,9 @@ def format_analysis(result: dict, out_dir) -> str:
     worst = result["images_by_errors"][:3]
     if worst:
         lines.append("most errors: " + ", ".join(f"{w['file_name']} ({w['fp']} FP, {w['fn']} missed)" for w in worst))
-    for name in result.get("unreadable_images", []):
-        lines.append(f"WARNING: image {name} not found: left out of worst_images.jpg (give --images DIR)")
-    lines.append(f"wrote analysis.json, errors.png, confusion_matrix.png, f1_curve.png, worst_images.jpg to {out_dir}")
+    missing = result.get("unreadable_images", [])
+    if missing:
+        lines.append(f"WARNING: {len(missing)} of the images with the most errors not found (first: {missing[0]}): "
+                     "left out of the gallery; give --images DIR, the folder their file names are relative to")
+    lines.append(f"wrote {', '.join(Path(f).name for f in result['files'])} to {out_dir}")
     return "\n".join(lines)
