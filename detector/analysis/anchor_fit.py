@@ -9,13 +9,16 @@ of each box" rule makes one of its anchors an object) and IoU < bg (0.3: even it
 a poor start for the regression).
 
 Suggested anchors keep the config's structure: the same number of sizes per feature map and
-one shared set of ratios (height / width) per map. They come from k-means on the box shapes
-(width, height, centred) with 1 - IoU as the distance, with the centres constrained to that
-grid: each box goes to the (size, ratio) anchor shape of highest IoU, each size becomes the
-median sqrt(area) of its boxes and each ratio the median h / w of its boxes, until nothing
-moves. Sizes go to the maps in increasing order (small anchors on the fine maps). Their fit is
-then measured exactly like the config's, on the real grid, after rounding (sizes to whole
-pixels, ratios to 2 decimals), so the printed fit is what the printed override gives.
+one shared set of ratios (height / width) per map. First k-means on the box shapes (width,
+height, centred) with 1 - IoU as the distance, with the centres constrained to a sizes x ratios
+grid: each box goes to the grid shape of highest IoU, each size becomes the median sqrt(area)
+of its boxes and each ratio their median h / w, until nothing moves; sizes go to the maps in
+increasing order (small anchors on the fine maps). Shapes alone ignore the stride (a small
+anchor rarely sits on a small box's centre), so the result, or the config's anchors if they
+score better, is then refined on the real grid: one size or ratio at a time is scaled by
+0.8 .. 1.25 and kept when the share of boxes at IoU >= fg minus the share below bg rises.
+Their fit is measured exactly like the config's, after rounding (sizes to whole pixels, ratios
+to 2 decimals), so the printed fit is what the printed override gives.
 """
 from __future__ import annotations
 
@@ -105,11 +108,11 @@ def single_thread():
 
 @dataclass
 class ModelBoxes:
-    """Every training box in the model's pixels, grouped by image (resized size, box rows)."""
+    """Every training box in the model's pixels, grouped by image (padded size, box rows)."""
 
     boxes: np.ndarray  # [N, 4] xyxy after the resize
     labels: np.ndarray  # [N] in 1..K
-    image_sizes: list[tuple[int, int]]  # padded (H, W) per image: its anchor grid
+    padded_sizes: list[tuple[int, int]]  # padded (H, W) per image: its anchor grid
     image_slices: list[slice]  # rows of each image
 
     @property
@@ -142,7 +145,7 @@ def best_anchor_ious(geometry: ModelGeometry, anchors: AnchorConfig, boxes: Mode
     box centre. A test checks this against the IoU with every anchor."""
     generator = AnchorGenerator(anchors.sizes, anchors.aspect_ratios)
     rows_by_size: dict[tuple[int, int], list[np.ndarray]] = {}
-    for size, rows in zip(boxes.image_sizes, boxes.image_slices):
+    for size, rows in zip(boxes.padded_sizes, boxes.image_slices):
         rows_by_size.setdefault(size, []).append(np.arange(rows.start, rows.stop))
     best = np.zeros(len(boxes.boxes))
     for padded, row_lists in rows_by_size.items():
@@ -312,7 +315,7 @@ def _sample_images(boxes: ModelBoxes, max_boxes: int, seed: int = 0) -> ModelBox
         slices.append(slice(start, start + len(r)))
         start += len(r)
     index = np.concatenate(rows)
-    return ModelBoxes(boxes.boxes[index], boxes.labels[index], [boxes.image_sizes[i] for i in chosen], slices)
+    return ModelBoxes(boxes.boxes[index], boxes.labels[index], [boxes.padded_sizes[i] for i in chosen], slices)
 
 
 def anchor_override(anchors: AnchorConfig) -> str:

@@ -111,7 +111,8 @@ def from_coco(gt: dict, results: Sequence[dict], source: str = "predictions") ->
     for index, result in enumerate(results):
         try:
             image_id, cat_id = int(result["image_id"]), int(result["category_id"])
-            _ = [float(v) for v in result["bbox"]], float(result["score"])
+            if len([float(v) for v in result["bbox"]]) != 4 or not np.isfinite(float(result["score"])):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise AnalysisError(f"{source}: detection {index} is not a COCO result "
                                 f"{{image_id, category_id, bbox, score}}: {str(result)[:120]}") from None

@@ -128,7 +128,7 @@ def classify_image(image: ImageBoxes, fg: float = FOREGROUND_IOU, bg: float = BA
 def error_breakdown(evalset: EvalSet, fg: float = FOREGROUND_IOU, bg: float = BACKGROUND_IOU) -> ErrorBreakdown:
     """TIDE's error counts and oracle AP50 gains over every image (see the module docstring)."""
     images = [classify_image(image, fg, bg) for image in evalset.images]
-    counts = {t: sum(e.count(t) for e in (i.det_error for i in images)) for t in FALSE_POSITIVE_TYPES}
+    counts = {t: sum(image.det_error.count(t) for image in images) for t in FALSE_POSITIVE_TYPES}
     counts["miss"] = int(sum(i.gt_missed.sum() for i in images))
     ap50 = mean_average_precision(*_ap_points(evalset, images, fix=None))
     fixed = {t: mean_average_precision(*_ap_points(evalset, images, fix=t)) for t in ERROR_TYPES}

@@ -76,14 +76,14 @@ def operating_point(evalset: EvalSet, verdicts: list[ImageErrors], threshold: fl
 
 
 def _counted_detections(evalset: EvalSet, verdicts: list[ImageErrors]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scores, classes, positive = [], [], []
+    """(scores, classes, true positive?) of every detection that counts (crowd regions apart)."""
+    scores, classes, positive = [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, bool)]
     for image, verdict in zip(evalset.images, verdicts):
         counted = ~verdict.det_ignored
         scores.append(image.det_scores[counted])
         classes.append(image.det_classes[counted])
         positive.append(verdict.det_true_positive[counted])
-    return np.concatenate(scores or [np.zeros(0)]), np.concatenate(classes or [np.zeros(0, np.int64)]), \
-        np.concatenate(positive or [np.zeros(0, bool)])
+    return np.concatenate(scores), np.concatenate(classes), np.concatenate(positive)
 
 
 def _counts_at(scores, classes, positive, num_classes: int, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
