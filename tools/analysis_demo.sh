@@ -9,8 +9,9 @@ ITERS=${1:-60}
 RUN=runs/analysis_demo
 
 "$PYTHON" -m detector.cli data configs/demo.yaml --out "$RUN/data"
-"$PYTHON" -m detector.cli train configs/demo.yaml train.max_iters="$ITERS" train.previews=false output="$RUN"
-"$PYTHON" -m detector.cli analyze configs/demo.yaml --weights "$RUN/weights/last.pt" --out "$RUN/analysis"
+"$PYTHON" -m detector.cli train configs/demo.yaml train.max_iters="$ITERS" output="$RUN"
+# the run's last evaluation wrote eval/ground_truth.json and eval/predictions.json
+"$PYTHON" -m detector.cli analyze --gt "$RUN/eval/ground_truth.json" --predictions "$RUN/eval/predictions.json"
 
 "$PYTHON" - "$RUN" <<'PY'
 import sys
@@ -21,12 +22,12 @@ import cv2
 run, docs = Path(sys.argv[1]), Path("docs/images")
 docs.mkdir(parents=True, exist_ok=True)
 pictures = {"data/labels.png": 0.7, "data/anchor_fit.png": 0.6, "data/train_batch0.jpg": 0.6,
-            "analysis/errors.png": 0.7, "analysis/confusion_matrix.png": 0.7, "analysis/f1_curve.png": 0.7,
-            "analysis/worst_images.jpg": 0.5}
+            "eval/analysis/errors.png": 0.7, "eval/analysis/confusion_matrix.png": 0.7,
+            "eval/analysis/f1_curve.png": 0.7, "eval/analysis/worst_images.jpg": 0.5}
 for name, scale in pictures.items():
     image = cv2.imread(str(run / name))
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     target = docs / f"analysis_{Path(name).name}"
-    cv2.imwrite(str(target), small, [cv2.IMWRITE_JPEG_QUALITY, 85] if target.suffix == ".jpg" else [])
+    cv2.imwrite(str(target), small, [cv2.IMWRITE_JPEG_QUALITY, 85] if target.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(f"{target}: {target.stat().st_size // 1024} KB")
 PY

@@ -65,7 +65,7 @@ def format_analysis(result: dict, out_dir) -> str:
                      f"({row['tp']} TP, {row['fp']} FP, {row['num_gt']} boxes)")
     worst = result["images_by_errors"][:3]
     if worst:
-        lines.append("most errors: " + ", ".join(f"{w['file_name']} ({w['fp']} FP, {w['fn']} missed)" for w in worst))
+        lines.append("most errors: " + ", ".join(f"{Path(w['file_name']).name} ({w['fp']} FP, {w['fn']} missed)" for w in worst))
     missing = result.get("unreadable_images", [])
     if missing:
         lines.append(f"WARNING: {len(missing)} of the images with the most errors not found (first: {missing[0]}): "
