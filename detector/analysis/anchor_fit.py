@@ -14,9 +14,10 @@ height, centred) with 1 - IoU as the distance, with the centres constrained to a
 grid: each box goes to the grid shape of highest IoU, each size becomes the median sqrt(area)
 of its boxes and each ratio their median h / w, until nothing moves; sizes go to the maps in
 increasing order (small anchors on the fine maps). Shapes alone ignore the stride (a small
-anchor rarely sits on a small box's centre), so the result, or the config's anchors if they
-score better, is then refined on the real grid: one size or ratio at a time is scaled by
-0.8 .. 1.25 and kept when the share of boxes at IoU >= fg minus the share below bg rises.
+anchor rarely sits on a small box's centre), so the result is then refined on the real grid:
+one size or ratio at a time is scaled by 0.8 .. 1.25 and kept when the share of boxes at IoU
+>= fg minus the share below bg rises, until no step helps. The same search also starts from
+the config's anchors, and the better of the two results is suggested.
 Their fit is measured exactly like the config's, after rounding (sizes to whole pixels, ratios
 to 2 decimals), so the printed fit is what the printed override gives.
 """
@@ -251,30 +252,30 @@ def suggest_anchors(geometry: ModelGeometry, boxes: ModelBoxes, current: AnchorC
     sizes, ratios = kmeans_grid(boxes.widths_heights, sum(counts), ratio_counts.pop())
     fitted = _anchor_config(list(sizes), list(ratios), counts)
     sample = _sample_images(boxes, SEARCH_BOXES)
-    start = max((fitted, current), key=lambda anchors: _objective(geometry, anchors, sample))
-    return refine_on_grid(geometry, sample, start)
+    refined = [refine_on_grid(geometry, sample, start) for start in (fitted, current)]  # two starts: a local search
+    return max(refined, key=lambda anchors: _objective(geometry, anchors, sample))
 
 
-def refine_on_grid(geometry: ModelGeometry, boxes: ModelBoxes, anchors: AnchorConfig, rounds: int = 6) -> AnchorConfig:
+def refine_on_grid(geometry: ModelGeometry, boxes: ModelBoxes, anchors: AnchorConfig, rounds: int = 30) -> AnchorConfig:
     """Coordinate search from `anchors`: scale one size or ratio at a time by a step factor and
     keep what raises, on the real grid, the share of boxes at IoU >= fg minus the share below bg
-    (ties: the mean best IoU)."""
+    (ties: the mean best IoU); until no step helps (a local optimum) or `rounds` passes."""
     counts = [len(s) for s in anchors.sizes]
     sizes = [v for level in anchors.sizes for v in level]
     ratios = list(anchors.aspect_ratios[0])
     best_score = _objective(geometry, anchors, boxes)
     for _ in range(rounds):
         improved = False
-        for values, index in [(sizes, i) for i in range(len(sizes))] + [(ratios, j) for j in range(len(ratios))]:
+        for kind, index in [("size", i) for i in range(len(sizes))] + [("ratio", j) for j in range(len(ratios))]:
             for factor in SEARCH_STEPS:
                 trial_sizes, trial_ratios = list(sizes), list(ratios)
-                (trial_sizes if values is sizes else trial_ratios)[index] = values[index] * factor
-                trial = _anchor_config(trial_sizes, trial_ratios, counts)
-                score = _objective(geometry, trial, boxes)
+                (trial_sizes if kind == "size" else trial_ratios)[index] *= factor
+                candidate = _anchor_config(trial_sizes, trial_ratios, counts)
+                score = _objective(geometry, candidate, boxes)
                 if score > best_score:
                     best_score, improved = score, True
-                    sizes = [v for level in trial.sizes for v in level]
-                    ratios = list(trial.aspect_ratios[0])
+                    sizes = [v for level in candidate.sizes for v in level]
+                    ratios = list(candidate.aspect_ratios[0])
         if not improved:
             break
     return _anchor_config(sizes, ratios, counts)

@@ -9,6 +9,7 @@ import torch
 from torchvision.ops import box_iou
 
 import detector
+from detector.config import AnchorConfig
 from detector.analysis.anchor_fit import (ModelGeometry, anchor_fit, anchor_override, best_anchor_ious,
                                           boxes_in_model_pixels, fit_shares, grid_shapes, kmeans_grid)
 from detector.data import ImageRecord
@@ -85,13 +86,36 @@ def test_kmeans_recovers_a_grid_of_shapes():
     np.testing.assert_allclose(found_ratios, ratios, rtol=0.07)
 
 
-def test_suggestion_loads_as_an_override_and_fits_no_worse():
-    config = detector.load_config("configs/demo.yaml", SMALL)
+@pytest.mark.parametrize("config_file", ["configs/demo.yaml", "configs/lite0_fpn.yaml"])
+def test_suggestion_loads_as_an_override_and_fits_no_worse(config_file):
+    config = detector.load_config(config_file, SMALL)
     fit = anchor_fit(config, random_records(2, count=12), ["a", "b"])
     override = anchor_override(fit.suggested)
-    loaded = detector.load_config("configs/demo.yaml", override.split())
+    loaded = detector.load_config(config_file, override.split())
     assert loaded.model.anchors.sizes == fit.suggested.sizes
     assert loaded.model.anchors.aspect_ratios == fit.suggested.aspect_ratios
-    assert len(fit.suggested.sizes[0]) == 3 and len(fit.suggested.aspect_ratios[0]) == 3
+    # The config's structure: as many sizes per map, the same number of ratios on every map.
+    assert [len(s) for s in fit.suggested.sizes] == [len(s) for s in config.model.anchors.sizes]
+    assert [len(r) for r in fit.suggested.aspect_ratios] == [len(r) for r in config.model.anchors.aspect_ratios]
     score = lambda best: (best >= 0.7).mean() - (best < 0.3).mean()  # noqa: E731 - the search's objective
     assert score(fit.suggested_best_iou) >= score(fit.best_iou)
+
+
+def test_refined_anchors_are_a_local_optimum_of_the_search():
+    """No single step of the search (one size or ratio times a step factor) improves its result."""
+    from detector.analysis.anchor_fit import SEARCH_STEPS, _anchor_config, _objective, refine_on_grid
+
+    config = detector.load_config("configs/demo.yaml", SMALL)
+    geometry = ModelGeometry(config)
+    boxes = boxes_in_model_pixels(random_records(3, count=12), geometry)
+    start = AnchorConfig(sizes=[[20.0, 40.0, 200.0]], aspect_ratios=[[0.3, 1.0, 3.0]])
+    refined = refine_on_grid(geometry, boxes, start)
+    best = _objective(geometry, refined, boxes)
+    assert best > _objective(geometry, start, boxes)
+    sizes, ratios = refined.sizes[0], refined.aspect_ratios[0]
+    for kind, count in (("size", len(sizes)), ("ratio", len(ratios))):
+        for index in range(count):
+            for factor in SEARCH_STEPS:
+                s, r = list(sizes), list(ratios)
+                (s if kind == "size" else r)[index] *= factor
+                assert _objective(geometry, _anchor_config(s, r, [3]), boxes) <= best
