@@ -10,7 +10,7 @@ from torchvision.ops import box_iou as torchvision_box_iou
 from detector.analysis.average_precision import class_average_precision
 from detector.analysis.detections import box_iou, from_coco
 from detector.analysis.errors import error_breakdown
-from tests.analysis.coco_cases import CocoCase, pycocotools_ap50
+from coco_cases import CocoCase, pycocotools_ap50
 
 
 def random_case(seed: int) -> CocoCase:

@@ -9,7 +9,7 @@ from detector.analysis.confusion import confusion_matrix
 from detector.analysis.detections import from_coco
 from detector.analysis.errors import classify_image
 from detector.analysis.operating_point import operating_point
-from tests.analysis.coco_cases import CocoCase
+from coco_cases import CocoCase
 
 CAT, DOG = 1, 2
 A, B, C = [10, 10, 110, 110], [200, 10, 300, 110], [10, 200, 110, 300]

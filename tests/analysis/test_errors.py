@@ -9,7 +9,7 @@ import pytest
 
 from detector.analysis.detections import from_coco
 from detector.analysis.errors import ERROR_TYPES, classify_image, error_breakdown
-from tests.analysis.coco_cases import CocoCase, pycocotools_ap50
+from coco_cases import CocoCase, pycocotools_ap50
 
 CAT, DOG = 1, 2
 BOX = [10, 10, 110, 110]

@@ -18,7 +18,7 @@ from detector.config import config_to_dict
 from detector.data import load_dataset
 from detector.engine.checkpoint import save_checkpoint
 from detector.engine.trainer import Trainer
-from tests.analysis.coco_cases import CocoCase
+from coco_cases import CocoCase
 
 
 def tiny(tmp_path, *extra):
