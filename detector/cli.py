@@ -299,6 +299,8 @@ def analyze(args) -> int:
     from detector.analysis.summary import format_analysis
     from detector.errors import DetectorError
 
+    if args.worst < 0 or (args.score_thresh is not None and not 0 <= args.score_thresh <= 1):
+        raise DetectorError("--worst must be >= 0 and --score-thresh in 0..1")
     options = {"score_threshold": args.score_thresh, "worst": args.worst, "image_root": args.images}
     if args.gt or args.predictions:
         if not (args.gt and args.predictions) or args.config or args.weights:
