@@ -8,6 +8,9 @@
   detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
   detector serve --weights W(.pt|.onnx) [--host 127.0.0.1] [--port 8000]
   detector datasets [get NAME [--from PATH] [--force]]
+  detector data CONFIG [key=value ...] [--out DIR]
+  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K]
+  detector analyze --gt ground_truth.json --predictions predictions.json [--images DIR] [--out DIR] ...
 
 --weights of eval and predict may also be a `.onnx` file of `detector export` (run by ONNX Runtime).
 key=value overrides may come before or after any option (arguments.py). predict exits 0 when
@@ -93,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--from", dest="local", default=None, metavar="PATH",
                      help="install from a local copy in the installed COCO layout instead of downloading")
     get.add_argument("--force", action="store_true", help="reinstall even if it is installed")
+
+    # detector.analysis: look at the data before training and at the errors after.
+    data = commands.add_parser("data", help="data set report before training: class and box statistics, anchor fit "
+                                            "and suggested anchors, labels / anchor plots, first training batches")
+    data.add_argument("config", help="YAML config naming data.train (and data.val)")
+    add_overrides(data, "dotted key=value overrides, e.g. model.transform.min_size=800")
+    data.add_argument("--out", default=None, help="output folder (default: runs/data/<config name>)")
+
+    analyze = commands.add_parser("analyze", help="error analysis: TIDE error types with their AP50 cost, confusion "
+                                                  "matrix, F1 per class, gallery of the images with the most errors")
+    analyze.add_argument("config", nargs="?", help="YAML config naming data.val (with --weights)")
+    add_overrides(analyze, "dotted key=value overrides (as `detector eval`)")
+    analyze.add_argument("--weights", default=None, help="checkpoint to predict the val set with")
+    analyze.add_argument("--gt", default=None, help="COCO ground-truth file (e.g. a run's eval/ground_truth.json)")
+    analyze.add_argument("--predictions", default=None, help="COCO results file (e.g. eval/predictions.json)")
+    analyze.add_argument("--images", default=None, help="folder the ground truth's file names are relative to")
+    analyze.add_argument("--out", default=None, help="output folder (default: the run's eval/analysis/)")
+    analyze.add_argument("--score-thresh", type=float, default=None,
+                         help="score threshold of the confusion matrix, F1 and gallery (default: the best F1's)")
+    analyze.add_argument("--worst", type=int, default=9, help="images in the gallery of the most errors")
     return parser
 
 
@@ -101,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from detector.errors import DetectorError
 
     commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model, "export": export,
-                "serve": serve, "datasets": datasets}
+                "serve": serve, "datasets": datasets, "data": data_report, "analyze": analyze}
     try:
         return commands[args.command](args)
     except (DetectorError, FileNotFoundError) as error:
@@ -247,6 +270,41 @@ def datasets(args) -> int:
         state = "installed" if entry["installed"] else f"not installed (detector datasets get {entry['name']})"
         print(f"  {entry['name']:<10} {state}\n    {entry['description']}; {entry['license']}\n"
               f"    folder {entry['folder']}\n    source {entry['url']}")
+    return 0
+
+
+def data_report(args) -> int:
+    from detector import load_config
+    from detector.analysis.data_report import write_data_report
+    from detector.analysis.summary import format_data_report
+
+    out = Path(args.out or Path("runs/data") / Path(args.config).stem)
+    print(format_data_report(write_data_report(load_config(args.config, args.overrides), out, args.config), out))
+    return 0
+
+
+def analyze(args) -> int:
+    from detector.analysis.analyze import analyze_checkpoint, analyze_files
+    from detector.analysis.summary import format_analysis
+    from detector.errors import DetectorError
+
+    if args.worst < 0 or (args.score_thresh is not None and not 0 <= args.score_thresh <= 1):
+        raise DetectorError("--worst must be >= 0 and --score-thresh in 0..1")
+    options = {"score_threshold": args.score_thresh, "worst": args.worst, "image_root": args.images}
+    if args.gt or args.predictions:
+        if not (args.gt and args.predictions) or args.config or args.weights:
+            raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
+        result = analyze_files(args.gt, args.predictions, args.out, **options)
+    elif args.config and args.weights:
+        from detector import load_config
+        from detector.config import parse_override
+
+        config = load_config(args.config, args.overrides)
+        test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
+        result = analyze_checkpoint(config, args.weights, args.out, test_time, **options)
+    else:
+        raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
+    print(format_analysis(result, Path(result["files"][0]).parent))
     return 0
 
 

@@ -188,6 +188,7 @@ class TrainConfig:
     log_every: int = 20  # iterations between log lines
     tensorboard: bool = False
     num_val_images_drawn: int = 4  # validation images saved with predicted and true boxes
+    previews: bool = True  # at the start: first training batches, labels / anchor-fit plots, data_report.json
 
 
 @dataclass

@@ -43,6 +43,20 @@ class Hook:
         pass
 
 
+class PreviewsHook(Hook):
+    """At the start of a fresh run (not a resumed one): the first training batches drawn with their
+    boxes and class names, and the label statistics (analysis/previews.py), so that a wrong label
+    mapping or a broken augmentation shows before hours are spent."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        if trainer.iteration or not distributed.is_main():
+            return
+        from detector.analysis.previews import write_training_previews
+
+        written = write_training_previews(trainer.config, trainer.loader, trainer.run_dir)
+        trainer.log.info(f"looked at the data: {', '.join(p.name for p in written)} in {trainer.run_dir}")
+
+
 class EvaluationHook(Hook):
     """COCO mAP on the val set every `train.eval_every` epochs and after the last one; keeps
     the best AP and its epoch."""

@@ -31,7 +31,7 @@ from detector.data import build_loader, load_dataset
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from detector.engine.early_stopping import EarlyStoppingHook
 from detector.engine.evaluation import evaluate_model
-from detector.engine.hooks import LOSS_KEYS, CheckpointHook, EvaluationHook, Hook, LogHook
+from detector.engine.hooks import LOSS_KEYS, CheckpointHook, EvaluationHook, Hook, LogHook, PreviewsHook
 from detector.engine.logger import RunLogger
 from detector.engine import distributed
 from detector.engine.optim import build_optimizer, build_scheduler, scaled_learning_rate
@@ -95,7 +95,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def default_hooks(config: Config) -> list[Hook]:
     """The hooks a run gets from its config, in the order they run after each epoch."""
-    hooks: list[Hook] = [EvaluationHook(), CheckpointHook(), LogHook()]
+    hooks: list[Hook] = [PreviewsHook()] if config.train.previews else []
+    hooks += [EvaluationHook(), CheckpointHook(), LogHook()]
     if config.train.patience is not None:
         hooks.append(EarlyStoppingHook(config.train.patience))
     return hooks

@@ -24,6 +24,7 @@ def tiny_config(tmp_path, name="run", *extra):
         "data.val=" + synthetic.replace("NUM", "2").replace("SPLIT", "val"),
         "data.workers=0", "train.batch_size=2", "train.epochs=2", "train.deterministic=true",
         "train.scheduler.warmup_iters=2", "train.eval_every=2", "train.num_val_images_drawn=1", "train.log_every=1",
+        "train.previews=false",  # the start-of-run pictures cost seconds; tests/analysis checks them
         f"output={tmp_path / name}", *extra,
     ])
 

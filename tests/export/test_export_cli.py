@@ -83,20 +83,26 @@ def test_eval_with_onnx_weights_gives_the_checkpoints_metrics(lite0, tmp_path):
 
 
 def test_coco_ap_of_the_export_equals_pytorchs_on_real_photos(lite0):
-    """Ground truth: the PyTorch model's own confident boxes, so AP is far from 0 and any box
-    the export loses, adds or moves shows in the number."""
+    """Ground truth: the PyTorch model's own confident boxes, each moved by up to 15% of its size
+    (seeded), so AP sits mid-range, where it moves with every box the export loses, adds or
+    shifts, at every IoU threshold from 0.5 to 0.95."""
     _, _, predictor, model = lite0
     images = [resized(photo, size) for photo in photos() for size in ((333, 517), (448, 224))]
     eager = [eager_detections(model, image) for image in images]
     exported = [{k: d[k] for k in ("boxes", "scores", "labels")} for d in predictor.predict(images)]
-    truth = [{"file_name": f"{i}.jpg", "height": image.shape[0], "width": image.shape[1],
-              "boxes": e["boxes"][e["scores"] >= 0.3], "labels": e["labels"][e["scores"] >= 0.3]}
-             for i, (image, e) in enumerate(zip(images, eager))]
+    rng = np.random.default_rng(0)
+    truth = []
+    for i, (image, e) in enumerate(zip(images, eager)):
+        boxes = e["boxes"][e["scores"] >= 0.3]
+        sizes = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+        truth.append({"file_name": f"{i}.jpg", "height": image.shape[0], "width": image.shape[1],
+                      "boxes": boxes + rng.uniform(-0.15, 0.15, boxes.shape) * sizes,
+                      "labels": e["labels"][e["scores"] >= 0.3]})
     assert sum(len(t["boxes"]) for t in truth) >= 5
     categories = list(zip(CATEGORIES["ids"], CATEGORIES["names"]))
     ap_eager = evaluate(truth, eager, categories)["AP"]
     ap_exported = evaluate(truth, exported, categories)["AP"]
-    assert ap_eager > 0.5 and abs(ap_exported - ap_eager) <= 0.002
+    assert 0.1 < ap_eager < 0.9 and abs(ap_exported - ap_eager) <= 0.002
 
 
 def test_without_the_extra_installed_export_and_onnx_weights_fail_in_one_line(lite0, tmp_path, capsys, monkeypatch):
