@@ -38,7 +38,7 @@ class Scenarios:
 
     def cls(self):
         image = self.case.image()
-        gt = self.case.box(image, BOX, DOG)
+        self.case.box(image, BOX, DOG)
         det = self.case.det(image, BOX, CAT, self.score())
         self.fixes["cls"].append(("relabel", det, DOG))
         self.expected["cls"] += 1
