@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from detector.config import AnchorConfig, Config
+from detector.errors import ConfigError
 from detector.modeling.anchors import AnchorGenerator
 from detector.modeling.faster_rcnn import build_model
 
@@ -246,8 +247,8 @@ def suggest_anchors(geometry: ModelGeometry, boxes: ModelBoxes, current: AnchorC
     """Anchors of the same structure as `current`, fitted to the boxes (see the module docstring)."""
     ratio_counts = {len(r) for r in current.aspect_ratios}
     if len(ratio_counts) != 1:
-        raise ValueError("anchor fit: the feature maps have different numbers of ratios; "
-                         "a shared fit needs the same number on every map")
+        raise ConfigError("model.anchors.aspect_ratios: the feature maps have different numbers of ratios; "
+                          "the anchor fit needs the same number on every map")
     counts = [len(s) for s in current.sizes]
     sizes, ratios = kmeans_grid(boxes.widths_heights, sum(counts), ratio_counts.pop())
     fitted = _anchor_config(list(sizes), list(ratios), counts)

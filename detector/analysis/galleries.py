@@ -16,7 +16,7 @@ import numpy as np
 from detector.analysis.detections import EvalSet
 from detector.analysis.errors import ErrorBreakdown
 from detector.analysis.operating_point import OperatingPoint
-from detector.engine.plots import PREDICTION_COLOR, TRUTH_COLOR, _draw_box as draw_box
+from detector.engine.plots import PREDICTION_COLOR, TRUTH_COLOR, draw_box, write_image
 
 MISSED_COLOR = (30, 120, 255)  # RGB, apart from the red and green of engine/plots.py
 CELL = 480  # pixels of one tile's longer side
@@ -66,14 +66,6 @@ def legend(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int = 900
     return strip
 
 
-def write_image(path: str | Path, bgr: np.ndarray) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90]):
-        raise OSError(f"could not write {path}")
-    return path
-
-
 def draw_batch(images, targets, class_names: Sequence[str], out_path: str | Path) -> Path:
     """One training batch as the loader yields it: tensors [3, H, W] in 0..1 (augmented, before
     the model's resize) and their targets, every box with its class name."""
@@ -84,7 +76,7 @@ def draw_batch(images, targets, class_names: Sequence[str], out_path: str | Path
                  for box, label in zip(target["boxes"].numpy(), target["labels"].numpy())]
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
         tiles.append(tile(rgb, boxes, f"{Path(str(target.get('file', ''))).name} {size}, {len(boxes)} boxes"))
-    return write_image(out_path, mosaic(tiles))
+    return write_image(out_path, mosaic(tiles), jpeg_quality=90)
 
 
 def draw_worst_images(evalset: EvalSet, breakdown: ErrorBreakdown, point: OperatingPoint, k: int,
@@ -115,7 +107,7 @@ def draw_worst_images(evalset: EvalSet, breakdown: ErrorBreakdown, point: Operat
         return None, unreadable
     key = legend([("true positive", TRUTH_COLOR), ("false positive (TIDE type)", PREDICTION_COLOR),
                   ("missed", MISSED_COLOR)], width=max(900, CELL))
-    return write_image(out_path, mosaic(tiles, columns=min(3, len(tiles)), header=key)), unreadable
+    return write_image(out_path, mosaic(tiles, columns=min(3, len(tiles)), header=key), jpeg_quality=90), unreadable
 
 
 def resolve_image(file_name: str, image_root: str | Path | None) -> Path | None:

@@ -15,7 +15,7 @@ from detector.analysis.anchor_fit import MEDIUM_AREA, SMALL_AREA, AnchorFit, Mod
 from detector.analysis.confusion import ConfusionMatrix
 from detector.analysis.errors import ERROR_TYPES, ErrorBreakdown
 from detector.analysis.operating_point import CURVE_THRESHOLDS, OperatingPoint
-from detector.engine.plots import MAX_LEGEND_CLASSES, _save as save_figure
+from detector.engine.plots import MAX_LEGEND_CLASSES, save_figure
 
 ERROR_NAMES = {"cls": "classification", "loc": "localization", "both": "cls + loc", "dupe": "duplicate",
                "bkg": "background", "miss": "missed"}

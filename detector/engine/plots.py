@@ -56,7 +56,7 @@ def plot_training_curves(results_csv: str | Path, out_png: str | Path) -> Path:
             axes.legend()
         else:
             axes.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=axes.transAxes)
-    return _save(figure, out_png)
+    return save_figure(figure, out_png)
 
 
 def plot_pr_curves(pr_data: dict[str, Any], class_names: Sequence[str], out_png: str | Path) -> Path:
@@ -86,7 +86,7 @@ def plot_pr_curves(pr_data: dict[str, Any], class_names: Sequence[str], out_png:
         axes.set(title=f"precision-recall, {title}", xlabel="recall", ylabel="precision",
                  xlim=(0, 1), ylim=(0, 1.02))
         axes.grid(alpha=0.3)
-    return _save(figure, out_png)
+    return save_figure(figure, out_png)
 
 
 def draw_detections(
@@ -103,11 +103,16 @@ def draw_detections(
     """Save `image` (H,W,3 uint8 RGB) as JPEG with the boxes of `draw_boxes`."""
     canvas = draw_boxes(image, pred_boxes, pred_scores, pred_labels, true_boxes, true_labels, class_names,
                         score_thresh)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-        raise WriteError(f"could not write {out_path} (OpenCV picks the format from the suffix: use .jpg)")
-    return out_path
+    return write_image(out_path, canvas)
+
+
+def write_image(path: str | Path, bgr: np.ndarray, jpeg_quality: int = 95) -> Path:
+    """Write a BGR array (its folder made if needed); a failure is a WriteError naming the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        raise WriteError(f"could not write {path} (OpenCV picks the format from the suffix: use .jpg or .png)")
+    return path
 
 
 def draw_boxes(
@@ -136,15 +141,15 @@ def draw_boxes(
     pred_labels = _as_numpy(pred_labels).reshape(-1).astype(int)
     # Truth first, so a prediction on top of it stays visible.
     for box, label in zip(_as_numpy(true_boxes).reshape(-1, 4), _as_numpy(true_labels).reshape(-1).astype(int)):
-        _draw_box(canvas, box, _name(class_names, label), TRUTH_COLOR, thickness, text_above=False)
+        draw_box(canvas, box, _name(class_names, label), TRUTH_COLOR, thickness, text_above=False)
     for box, score, label in zip(pred_boxes, pred_scores, pred_labels):
         if score >= score_thresh:
-            _draw_box(canvas, box, f"{_name(class_names, label)} {score:.2f}", PREDICTION_COLOR, thickness,
+            draw_box(canvas, box, f"{_name(class_names, label)} {score:.2f}", PREDICTION_COLOR, thickness,
                       text_above=True)
     return canvas
 
 
-def _draw_box(canvas: np.ndarray, box: np.ndarray, text: str, rgb: tuple[int, int, int],
+def draw_box(canvas: np.ndarray, box: np.ndarray, text: str, rgb: tuple[int, int, int],
               thickness: int, text_above: bool) -> None:
     bgr = rgb[::-1]
     x1, y1, x2, y2 = (int(round(float(v))) for v in box)
@@ -164,7 +169,7 @@ def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label - 1] if 1 <= label <= len(class_names) else f"label {label}"
 
 
-def _save(figure: Figure, out_png: str | Path) -> Path:
+def save_figure(figure: Figure, out_png: str | Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=100)

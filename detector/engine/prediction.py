@@ -24,8 +24,8 @@ import numpy as np
 from detector.data.dataset import read_image
 from detector.data.records import DataError
 from detector.engine.checkpoint import write_atomically
-from detector.engine.plots import draw_boxes
-from detector.errors import DetectorError, WriteError
+from detector.engine.plots import draw_boxes, write_image
+from detector.errors import DetectorError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -200,10 +200,7 @@ class OutputFolder:
         return self.folder / name
 
     def write_image(self, path: Path, bgr: np.ndarray) -> None:
-        import cv2
-
-        if not cv2.imwrite(str(path), bgr):
-            raise WriteError(f"could not write {path}")
+        write_image(path, bgr)
 
     def add(self, entry: dict) -> None:
         self.entries.append(json.dumps(entry))
