@@ -57,6 +57,15 @@ def torchvision_twin(ours) -> TorchvisionFasterRCNN:
         image_std=list(transform.image_std),
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(ours.backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=len(rpn.head.conv)),
+        # Every RPN and ROI-head setting of ours, so a --set changes both models alike.
+        rpn_pre_nms_top_n_train=rpn._pre_nms_top_n["training"], rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"],
+        rpn_post_nms_top_n_train=rpn._post_nms_top_n["training"], rpn_post_nms_top_n_test=rpn._post_nms_top_n["testing"],
+        rpn_nms_thresh=rpn.nms_thresh, rpn_fg_iou_thresh=rpn.fg_iou_thresh, rpn_bg_iou_thresh=rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=rpn.batch_size_per_image, rpn_positive_fraction=rpn.positive_fraction,
+        rpn_score_thresh=rpn.score_thresh, box_score_thresh=roi.score_thresh, box_nms_thresh=roi.nms_thresh,
+        box_detections_per_img=roi.detections_per_img, box_fg_iou_thresh=roi.fg_iou_thresh,
+        box_bg_iou_thresh=roi.bg_iou_thresh, box_batch_size_per_image=roi.batch_size_per_image,
+        box_positive_fraction=roi.positive_fraction, bbox_reg_weights=roi.box_coder.weights,
         box_roi_pool=MultiScaleRoIAlign(roi.box_roi_pool.featmap_names, roi.box_roi_pool.output_size, roi.box_roi_pool.sampling_ratio),
         box_head=copy.deepcopy(ours.roi_heads.box_head),
         box_predictor=FastRCNNPredictor(ours.roi_heads.box_head.out_features, ours.num_classes + 1),
@@ -126,10 +135,11 @@ def main() -> None:
     theirs = torchvision_twin(ours)
     ours.eval(), theirs.eval()
     with torch.no_grad():
-        same = all(
-            torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
-            for a, b in zip(ours(images[:3]), theirs(images[:3]))
-        )
+        pairs = list(zip(ours(images[:3]), theirs(images[:3])))
+    same = all(torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
+               for a, b in pairs)
+    box_difference = max(((a["boxes"] - b["boxes"]).abs().max().item() for a, b in pairs
+                          if a["boxes"].shape == b["boxes"].shape and len(a["boxes"])), default=float("nan"))
 
     rows = []
     # Interleave the two models, alternating which goes first (the second runs on warmer caches),
@@ -147,7 +157,8 @@ def main() -> None:
         rows.append((what, ours_t, theirs_t, theirs_t / ours_t))
 
     print(f"\nconfig {args.config} {' '.join(args.set)} | torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos | same detections: {same}")
+          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos | same detections: {same} "
+          f"(largest box difference {box_difference:.1e} px)")
     print(f"{'measure':<28}{'ours':>10}{'torchvision':>14}{'ratio (tv/ours)':>18}")
     for what, ours_t, theirs_t, ratio in rows:
         print(f"{what:<28}{ours_t:>10.3f}{theirs_t:>14.3f}{ratio:>18.2f}")
