@@ -26,18 +26,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import DATA, torchvision_twin  # noqa: E402
+from bench_model import torchvision_twin  # noqa: E402
 
 from detector import build_model, load_config  # noqa: E402
 from detector.config import config_to_dict  # noqa: E402
 from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 from detector.data import read_image  # noqa: E402
+from detector.data.datasets import data_home, is_installed  # noqa: E402
 
 
 def load_photos(count: int) -> tuple[list[np.ndarray], str]:
-    if (DATA / "coco_val.json").is_file():
-        names = [image["file_name"] for image in json.loads((DATA / "coco_val.json").read_text())["images"][:count]]
-        return [read_image(DATA / name) for name in names], f"{len(names)} raccoon val photos"
+    """The installed raccoon set's val photos (`detector datasets get raccoon`), else scikit-image's."""
+    folder = data_home() / "raccoon"
+    if is_installed("raccoon", data_home()):
+        names = [image["file_name"] for image in json.loads((folder / "coco_val.json").read_text())["images"][:count]]
+        return [read_image(folder / name) for name in names], f"{len(names)} raccoon val photos"
     from skimage import data
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.immunohistochemistry(),
