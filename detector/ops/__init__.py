@@ -16,7 +16,7 @@ from detector.ops.backend import dispatch, triton_kernels
 from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
 from detector.ops import soft_suppression
-from detector.ops.roi_align import roi_align
+from detector.ops.sparse_roi_align import roi_align
 from detector.ops.soft_suppression import METHODS as SOFT_NMS_METHODS
 from detector.ops.triton_check import TritonFallbackWarning
 

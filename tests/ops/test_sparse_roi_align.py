@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
 from detector import ops
-from detector.ops.roi_align import roi_align_sparse_backward
+from detector.ops.sparse_roi_align import roi_align_sparse_backward
 
 
 def random_rois(count: int, image_size=(400, 500), num_images=2, seed=0, dtype=torch.float64):
