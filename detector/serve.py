@@ -71,6 +71,8 @@ def create_app(predictor, weights_name: str = "", max_pixels: int = MAX_PIXELS):
     from fastapi import File, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse
 
+    from detector.engine.prediction import to_json
+
     app = fastapi.FastAPI(title="detector", description="Faster R-CNN detections over HTTP")
     lock = threading.Lock()  # one prediction at a time: the model uses every core already
 
@@ -95,16 +97,9 @@ def create_app(predictor, weights_name: str = "", max_pixels: int = MAX_PIXELS):
         with lock:
             detection = predictor.predict([image])[0]
         return {"file": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                "detections": detections_json(detection)}
+                "detections": to_json(detection, predictor)}  # as predictions.json
 
     return app
-
-
-def detections_json(detection: dict) -> list[dict]:
-    return [{"bbox_xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 4),
-             "category_id": int(category_id), "name": name}
-            for box, score, category_id, name in zip(detection["boxes"], detection["scores"],
-                                                     detection["category_ids"], detection["names"])]
 
 
 def run_server(weights: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",

@@ -23,11 +23,10 @@ import torchvision
 from torch import Tensor
 
 
-
-def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_size: tuple[int, int],
-                    spatial_scale: float, sampling_ratio: int, aligned: bool) -> "SamplingMatrix":
-    """The sparse matrix W [R * ph * pw, N * H * W] of RoIAlign's bilinear sampling weights
-    (each divided by the number of samples of its bin)."""
+def transposed_sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_size: tuple[int, int],
+                                spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """W^T in CSR form [N * H * W, R * ph * pw], where W is the sparse matrix of RoIAlign's
+    bilinear sampling weights (each divided by the number of samples of its bin)."""
     num_images, height, width = feature_shape
     ph, pw = output_size
     dtype, device = rois.dtype, rois.device
@@ -74,28 +73,22 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
     columns = torch.stack([base + yl * width + xl, base + yl * width + xh,
                            base + yh * width + xl, base + yh * width + xh], dim=3)
     weights = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=3) * kept[:, :, :, None]
-    return SamplingMatrix(columns.reshape(-1), weights.reshape(-1), rois.shape[0] * ph * pw,
-                          num_images * height * width)
+    return _transposed_csr(columns.reshape(-1), weights.reshape(-1), rois.shape[0] * ph * pw,
+                           num_images * height * width)
 
 
-class SamplingMatrix:
-    """W as its entries in row order: every row (output cell) has the same number of entries
-    (a masked sample weighs 0, a corner clamped onto another adds to it). `transposed()` gives
-    W^T in CSR form, by one stable sort of the column indices."""
-
-    def __init__(self, columns: Tensor, weights: Tensor, num_rows: int, num_columns: int):
-        self.columns, self.weights = columns, weights
-        self.shape = (num_rows, num_columns)
-
-    def transposed(self) -> Tensor:
-        per_row = self.columns.numel() // max(self.shape[0], 1)
-        order = torch.sort(self.columns, stable=True).indices
-        rows = torch.div(order, per_row, rounding_mode="floor")
-        crow = torch.zeros(self.shape[1] + 1, dtype=torch.long, device=self.columns.device)
-        crow[1:] = torch.cumsum(torch.bincount(self.columns, minlength=self.shape[1]), 0)
-        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all we use, and it is tested
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(crow, rows, self.weights[order], self.shape[::-1], check_invariants=False)
+def _transposed_csr(columns: Tensor, weights: Tensor, num_rows: int, num_columns: int) -> Tensor:
+    """W^T in CSR form from W's entries in row order (every row, an output cell, has the same
+    number of entries: a masked sample weighs 0, a corner clamped onto another adds to it), by
+    one stable sort of the column indices."""
+    per_row = columns.numel() // max(num_rows, 1)
+    order = torch.sort(columns, stable=True).indices
+    rows = torch.div(order, per_row, rounding_mode="floor")
+    crow = torch.zeros(num_columns + 1, dtype=torch.long, device=columns.device)
+    crow[1:] = torch.cumsum(torch.bincount(columns, minlength=num_columns), 0)
+    with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all we use, and it is tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, rows, weights[order], (num_columns, num_rows), check_invariants=False)
 
 
 def _bilinear_axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -128,9 +121,9 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         num_images, channels, height, width = ctx.feature_shape
         (rois,) = ctx.saved_tensors
-        matrix = sampling_matrix(rois.to(grad_out.dtype), (num_images, height, width), *ctx.options)
+        transposed = transposed_sampling_matrix(rois.to(grad_out.dtype), (num_images, height, width), *ctx.options)
         grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, channels)  # [R * ph * pw, C]
-        grad = torch.sparse.mm(matrix.transposed(), grad_rows)  # [N * H * W, C]
+        grad = torch.sparse.mm(transposed, grad_rows)  # [N * H * W, C]
         grad = grad.view(num_images, height, width, channels).permute(0, 3, 1, 2)
         return (grad if ctx.channels_last else grad.contiguous()), None, None, None, None, None
 
