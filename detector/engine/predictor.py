@@ -92,12 +92,16 @@ class Predictor:
             batch = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255).to(self.device)
                      for img in images[start:start + batch_size]]
             for output in self.model(batch):
-                labels = output["labels"].cpu().tolist()
-                results.append({
-                    "boxes": output["boxes"].cpu().numpy(),
-                    "scores": output["scores"].cpu().numpy(),
-                    "labels": np.asarray(labels, dtype=np.int64),
-                    "category_ids": [self.category_ids[label - 1] for label in labels],
-                    "names": [self.category_names[label - 1] for label in labels],
-                })
+                results.append(with_categories(output["boxes"].cpu().numpy(), output["scores"].cpu().numpy(),
+                                               output["labels"].cpu().numpy(), self.category_ids, self.category_names))
         return results
+
+
+def with_categories(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, category_ids: Sequence[int],
+                    category_names: Sequence[str]) -> dict:
+    """One image's detections, as every predictor returns them: labels 1..K with the dataset's
+    own category ids and names beside them."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return {"boxes": boxes, "scores": scores, "labels": labels,
+            "category_ids": [category_ids[label - 1] for label in labels.tolist()],
+            "names": [category_names[label - 1] for label in labels.tolist()]}

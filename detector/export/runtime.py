@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector.engine.predictor import with_categories
 from detector.errors import CheckpointError
 from detector.export import ExportError, require
 
@@ -123,14 +124,8 @@ class OnnxPredictor:
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:
         """Detections for RGB uint8 arrays [H, W, 3], as `Predictor.predict`."""
         arrays = [np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1), dtype=np.float32) / 255 for image in images]
-        results = []
-        for boxes, scores, labels in self.run_images(arrays, batch_size):
-            results.append({
-                "boxes": boxes, "scores": scores, "labels": labels,
-                "category_ids": [self.category_ids[label - 1] for label in labels],
-                "names": [self.category_names[label - 1] for label in labels],
-            })
-        return results
+        return [with_categories(boxes, scores, labels, self.category_ids, self.category_names)
+                for boxes, scores, labels in self.run_images(arrays, batch_size)]
 
 
 class ExportedModel:
