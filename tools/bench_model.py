@@ -1,6 +1,12 @@
 """Our Faster R-CNN against torchvision's FasterRCNN built from the same backbone weights and
-settings, on this machine: inference seconds per image (median over real photos) and training
-seconds per iteration (batch 2). Prints a table; also checks both give the same detections.
+settings, on this machine: inference seconds per image (median over real photos), training
+seconds per iteration (batch 2) and the peak memory of a training step. Prints a table; also
+checks both give the same detections, in float32 and in float64.
+
+Three models: ours as `detector train` / `predict` run it (channels-last when
+`train.channels_last`, the default), torchvision's as it ships (NCHW), and torchvision's
+converted by hand with `model.to(memory_format=torch.channels_last)`, so the table shows how
+much of the lead is the memory layout alone.
 
     python tools/bench_model.py [--config configs/lite0.yaml] [--images N] [--iters N] [--threads N]
 """
@@ -10,7 +16,10 @@ import argparse
 import copy
 import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -89,6 +98,17 @@ def load_samples(count: int):
     return images, targets
 
 
+def box_difference(ours, theirs, images) -> tuple[bool, float]:
+    """Whether both models give the same labels and detection counts on `images`, and the largest
+    |box difference| in pixels."""
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        pairs = list(zip(ours(images), theirs(images)))
+    same = all(torch.equal(a["labels"], b["labels"]) for a, b in pairs)
+    largest = max(((a["boxes"] - b["boxes"]).abs().max().item() for a, b in pairs if len(a["boxes"])), default=0.0)
+    return same, largest
+
+
 def time_inference(model, images) -> float:
     model.eval()
     times = []
@@ -117,6 +137,48 @@ def time_training(model, images, targets, iters: int) -> float:
     return statistics.median(times)
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def build_models(args) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    config = load_config(args.config, ["model.num_classes=1", *args.set])
+    ours = build_model(config)
+    theirs = torchvision_twin(ours)  # before ours changes layout: the twin starts NCHW, as torchvision ships
+    by_hand = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
+    layout = torch.channels_last if config.train.channels_last else torch.preserve_format
+    return {"ours": ours.to(memory_format=layout), "torchvision": theirs, "torchvision NHWC": by_hand}
+
+
+def training_peak_mb(name: str, args) -> float:
+    """Peak RSS growth of the first training step, in a fresh process (Linux /proc): weights,
+    photos and the model are loaded first; what the step adds (activations, gradients, momentum,
+    oneDNN's buffers) is the measure."""
+    command = [sys.executable, __file__, "--config", args.config, "--images", str(args.images),
+               "--peak-memory-of", name, "--set", *args.set]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def print_peak_memory(name: str, args) -> None:
+    images, targets = load_samples(args.images)
+    model = build_models(args)[name].train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the RSS of now
+    before = _status_kib("VmRSS")
+    losses = model(images[:2], targets[:2])
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    print((_status_kib("VmHWM") - before) / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/lite0.yaml")
@@ -125,43 +187,45 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (alternating order); medians reported")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # the fresh process of training_peak_mb
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.peak_memory_of:
+        return print_peak_memory(args.peak_memory_of, args)
     images, targets = load_samples(args.images)
+    models = build_models(args)
 
-    torch.manual_seed(0)
-    ours = build_model(load_config(args.config, ["model.num_classes=1", *args.set]))
-    theirs = torchvision_twin(ours)
-    ours.eval(), theirs.eval()
-    with torch.no_grad():
-        pairs = list(zip(ours(images[:3]), theirs(images[:3])))
-    same = all(torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
-               for a, b in pairs)
-    box_difference = max(((a["boxes"] - b["boxes"]).abs().max().item() for a, b in pairs
-                          if a["boxes"].shape == b["boxes"].shape and len(a["boxes"])), default=float("nan"))
+    # Same detections: in float32 the boxes move by rounding (a different summation order in
+    # the folded or channels-last convolutions; torchvision NHWC against torchvision NCHW shows
+    # the size of that), in float64 the two computations must agree to far below 1e-4 px.
+    same32, difference32 = box_difference(models["ours"], models["torchvision"], images[:3])
+    same64, difference64 = box_difference(copy.deepcopy(models["ours"]).double(), copy.deepcopy(models["torchvision"]).double(),
+                                          [image.double() for image in images[:3]])
+    layout_only = box_difference(models["torchvision NHWC"], models["torchvision"], images[:3])[1]
 
-    rows = []
-    # Interleave the two models, alternating which goes first (the second runs on warmer caches),
-    # and take each one's median over the rounds: a busy neighbour or the order skews neither.
-    inference = {"ours": [], "torchvision": []}
-    training = {"ours": [], "torchvision": []}
-    models = [("ours", ours), ("torchvision", theirs)]
+    # Interleave the models, rotating which goes first (a later one runs on warmer caches), and
+    # take each one's median over the rounds: a busy neighbour or the order skews none of them.
+    names = list(models)
+    inference = {name: [] for name in names}
+    training = {name: [] for name in names}
     for round_index in range(args.rounds):
-        for name, model in models if round_index % 2 == 0 else models[::-1]:
-            inference[name].append(time_inference(model, images))
+        for name in names[round_index % 3:] + names[:round_index % 3]:
+            inference[name].append(time_inference(models[name], images))
             torch.manual_seed(1)
-            training[name].append(time_training(model, images, targets, args.iters))
-    for what, results in (("inference s/image", inference), ("training s/iter (batch 2)", training)):
-        ours_t, theirs_t = statistics.median(results["ours"]), statistics.median(results["torchvision"])
-        rows.append((what, ours_t, theirs_t, theirs_t / ours_t))
+            training[name].append(time_training(models[name], images, targets, args.iters))
+    rows = [(what, {name: statistics.median(values) for name, values in results.items()})
+            for what, results in (("inference s/image", inference), ("training s/iter (batch 2)", training))]
+    rows.append(("training step peak MB", {name: training_peak_mb(name, args) for name in names}))
 
     print(f"\nconfig {args.config} {' '.join(args.set)} | torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos | same detections: {same} "
-          f"(largest box difference {box_difference:.1e} px)")
-    print(f"{'measure':<28}{'ours':>10}{'torchvision':>14}{'ratio (tv/ours)':>18}")
-    for what, ours_t, theirs_t, ratio in rows:
-        print(f"{what:<28}{ours_t:>10.3f}{theirs_t:>14.3f}{ratio:>18.2f}")
+          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos")
+    print(f"same detections (labels): {same32 and same64}; largest box difference float32 {difference32:.1e} px "
+          f"(torchvision NHWC vs NCHW alone: {layout_only:.1e} px), float64 {difference64:.1e} px")
+    print(f"{'measure':<28}{'ours':>10}{'torchvision':>13}{'ratio':>8}{'torchvision NHWC':>18}{'ratio':>8}")
+    for what, value in rows:
+        print(f"{what:<28}{value['ours']:>10.3f}{value['torchvision']:>13.3f}{value['torchvision'] / value['ours']:>8.2f}"
+              f"{value['torchvision NHWC']:>18.3f}{value['torchvision NHWC'] / value['ours']:>8.2f}")
 
 
 if __name__ == "__main__":
