@@ -26,6 +26,10 @@ from pathlib import Path
 from detector.arguments import ArgumentParser, add_overrides, parse_command_line
 
 
+COMPILE_HELP = ("torch.compile the backbone and RPN head of a .pt model; each new image size pays a compilation "
+                "(tools/bench_compile.py measures whether it pays on your machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command; one that takes key=value overrides declares them with `add_overrides`
     (they may then come before or after any option: arguments.py)."""
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
     evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
+    evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
     predict = commands.add_parser(
         "predict", help="detect objects in images, folders, globs and videos",
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--strict", action="store_true",
                          help="stop at the first source that cannot be read (exit 2) instead of skipping it")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
     add_overrides(export, "test-time settings baked into the file, as --set, e.g. model.roi_heads.score_thresh=0.3")
@@ -180,7 +186,7 @@ def evaluate(args) -> int:
     check_data_paths(config.data)
     # The checkpoint's config builds the model; model.* overrides change its test-time settings.
     test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
-    predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time)
+    predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile)
     if test_time:
         print("test-time settings: " + " ".join(test_time))
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
@@ -208,7 +214,7 @@ def predict(args) -> int:
     from detector.export import load_predictor
 
     predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections,
-                               args.settings + args.overrides)
+                               args.settings + args.overrides, compile=args.compile)
     out = Path(args.out)
     try:
         run = predict_sources(predictor, args.sources, out, strict=args.strict,

@@ -15,6 +15,7 @@ from detector.data.records import CategoryMap, DataError
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
 from detector.errors import CheckpointError, ConfigError, DetectorError
+from detector.modeling.compilation import compile_model
 from detector.modeling.faster_rcnn import build_model
 
 
@@ -39,9 +40,11 @@ class Predictor:
     """
 
     def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device,
-                 channels_last: bool = True):
+                 channels_last: bool = True, compile: bool = False):
         memory_format = torch.channels_last if channels_last else torch.preserve_format  # NHWC: faster convolutions
         self.model = model.to(device, memory_format=memory_format).eval()
+        if compile:
+            compile_model(self.model, key="--compile")
         self.category_ids = list(category_ids)
         self.category_names = list(category_names)
         self.device = device
@@ -49,7 +52,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", score_thresh: float | None = None,
-        max_detections: int | None = None, overrides: Sequence[str] = (),
+        max_detections: int | None = None, overrides: Sequence[str] = (), compile: bool = False,
     ) -> "Predictor":
         """The model of checkpoint `path`, built from the config saved in it. `overrides`
         ("model.roi_heads.nms_method=gaussian", ...) change test-time settings (TEST_TIME_KEYS)."""
@@ -81,7 +84,7 @@ class Predictor:
             more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
             raise CheckpointError(f"{path}: its weights do not fit the model its config builds: "
                                   f"{details[0] if details else one_line(str(error))}{more}") from None
-        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last)
+        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last, compile)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:

@@ -36,6 +36,7 @@ from detector.engine.logger import RunLogger
 from detector.engine import distributed
 from detector.engine.optim import build_optimizer, build_scheduler, scaled_learning_rate
 from detector.errors import ConfigError, DetectorError
+from detector.modeling.compilation import compile_model
 from detector.modeling.faster_rcnn import build_model
 
 class NonFiniteLossError(DetectorError):
@@ -146,6 +147,8 @@ class Trainer:
         config.model.num_classes = len(self.category_map)
         memory_format = torch.channels_last if train.channels_last else torch.preserve_format
         self.model = build_model(config).to(self.device, memory_format=memory_format)
+        if train.compile:
+            compile_model(self.model)
         if train.sync_bn and self.world_size > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # trainable BatchNorm2d only
         # The model that trains: DistributedDataParallel averages the gradients over processes.

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from detector.errors import DetectorError
+from detector.errors import ConfigError, DetectorError
 
 
 class MissingExtraError(DetectorError, ImportError):
@@ -32,14 +32,18 @@ def is_onnx(weights: str | Path) -> bool:
 
 
 def load_predictor(weights: str | Path, device: str = "auto", score_thresh: float | None = None,
-                   max_detections: int | None = None, overrides: Sequence[str] = ()):
+                   max_detections: int | None = None, overrides: Sequence[str] = (), compile: bool = False):
     """A predictor for `weights`: an exported `.onnx` runs in ONNX Runtime (runtime.OnnxPredictor),
-    anything else is a checkpoint of `detector train` run by PyTorch (engine.predictor.Predictor).
-    Both have `predict(images)`, `model`, `device`, `category_ids` and `category_names`."""
+    anything else is a checkpoint of `detector train` run by PyTorch (engine.predictor.Predictor),
+    with `compile` through torch.compile. Both have `predict(images)`, `model`, `device`,
+    `category_ids` and `category_names`."""
     if is_onnx(weights):
+        if compile:
+            raise ConfigError(f"--compile: {weights} is an ONNX graph, which ONNX Runtime optimizes itself; "
+                              "--compile applies to PyTorch checkpoints (.pt)")
         from detector.export.runtime import OnnxPredictor
 
         return OnnxPredictor(weights, score_thresh=score_thresh, max_detections=max_detections, overrides=overrides)
     from detector.engine.predictor import Predictor
 
-    return Predictor.from_checkpoint(weights, device, score_thresh, max_detections, overrides)
+    return Predictor.from_checkpoint(weights, device, score_thresh, max_detections, overrides, compile)

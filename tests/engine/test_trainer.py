@@ -185,3 +185,9 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"iteration 1 \(epoch 1\).*Gave up after 2 rollbacks"):
         trainer.fit()
     assert poisoned == [0, 0, 0]  # rolled back twice to the state saved before training
+
+
+def test_train_compile_compiles_the_model_it_trains(tmp_path):
+    plain, compiled = Trainer(tiny_config(tmp_path, "plain")), Trainer(tiny_config(tmp_path, "compiled", "train.compile=true"))
+    assert plain.model.backbone._compiled_call_impl is None
+    assert compiled.model.backbone._compiled_call_impl is not None and compiled.model.rpn.head._compiled_call_impl is not None
