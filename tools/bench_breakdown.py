@@ -27,7 +27,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import build_models, load_samples  # noqa: E402 - the same models and photos
+from bench_model import build_models, load_samples, sgd, time_training  # noqa: E402 - the same models and photos
 
 from detector.data import build_loader, load_dataset  # noqa: E402
 from detector.data.datasets import resolve_data_path  # noqa: E402
@@ -114,7 +114,7 @@ def _pairs(output, leaves):
 def training_stages(model, side, images, targets, steps) -> dict[str, float]:
     """Median seconds of each training stage of a batch-2 step, with the backward cut by stage."""
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    optimizer = sgd(model)
     timer = StageTimer(model, side)
     timer.cutting = True
     runs = []
@@ -155,22 +155,6 @@ def inference_stages(model, side, images) -> dict[str, float]:
             runs.append({**timer.times, "total": time.perf_counter() - start})
     timer.remove()
     return {key: statistics.median(run.get(key, 0.0) for run in runs) for key in runs[0]}
-
-
-def step_total(model, images, targets, steps) -> float:
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    times = []
-    for step in range(steps + 1):
-        batch = [(step * 2 + k) % len(images) for k in range(2)]
-        start = time.perf_counter()
-        losses = model([images[i] for i in batch], [targets[i] for i in batch])
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-        if step:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def data_seconds_per_batch(batches: int) -> float:
@@ -256,7 +240,7 @@ def main() -> None:
             torch.manual_seed(1)
             results[side]["train"].append(training_stages(model, side, images, targets, args.steps))
             torch.manual_seed(1)
-            results[side]["step"].append(step_total(model, images, targets, args.steps))
+            results[side]["step"].append(time_training(model, images, targets, args.steps))
             results[side]["infer"].append(inference_stages(model, side, images))
 
     def median_of(side, what):

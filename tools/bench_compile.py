@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import load_samples  # noqa: E402 - the same photos and targets as the model benchmark
+from bench_model import load_samples, sgd, training_step  # noqa: E402 - the same photos, targets and step
 
 from detector import build_model, load_config  # noqa: E402
 from detector.modeling.compilation import compile_model  # noqa: E402
@@ -37,15 +37,11 @@ def one_size(images, targets, size):
 
 def training_times(model, images, targets, iters: int) -> list[float]:
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    optimizer = sgd(model)
     times = []
     for step in range(iters):
-        batch = [(step * 2 + k) % len(images) for k in range(2)]
         start = time.perf_counter()
-        losses = model([images[i] for i in batch], [targets[i] for i in batch])
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        training_step(model, optimizer, images, targets, step)
         times.append(time.perf_counter() - start)
     return times
 

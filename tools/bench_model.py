@@ -121,17 +121,26 @@ def time_inference(model, images) -> float:
     return statistics.median(times)
 
 
+def sgd(model) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+
+def training_step(model, optimizer, images, targets, step: int) -> None:
+    """One SGD step on photos 2 * step and 2 * step + 1 (cycling through them)."""
+    batch = [(step * 2 + k) % len(images) for k in range(2)]
+    losses = model([images[i] for i in batch], [targets[i] for i in batch])
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
 def time_training(model, images, targets, iters: int) -> float:
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    optimizer = sgd(model)
     times = []
     for step in range(iters + 1):
-        batch = [(step * 2 + k) % len(images) for k in range(2)]
         start = time.perf_counter()
-        losses = model([images[i] for i in batch], [targets[i] for i in batch])
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        training_step(model, optimizer, images, targets, step)
         if step:  # the first step is warm-up
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -169,13 +178,10 @@ def training_peak_mb(name: str, args) -> float:
 def print_peak_memory(name: str, args) -> None:
     images, targets = load_samples(args.images)
     model = build_models(args)[name].train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    optimizer = sgd(model)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the RSS of now
     before = _status_kib("VmRSS")
-    losses = model(images[:2], targets[:2])
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
+    training_step(model, optimizer, images, targets, 0)
     print((_status_kib("VmHWM") - before) / 1024)
 
 
