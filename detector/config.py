@@ -179,6 +179,7 @@ class TrainConfig:
     amp: bool = False  # mixed precision (CUDA only)
     sync_bn: bool = False  # several processes: trainable BatchNorm2d layers share batch statistics (SyncBatchNorm)
     channels_last: bool = True  # NHWC memory layout for the convolutions: faster on CPU (oneDNN) and CUDA
+    keep_freed_memory: bool = True  # CPU, Linux/glibc: freed memory stays in the process for the next step (engine/allocator.py)
     compile: bool = False  # torch.compile the backbone and RPN head (slower training on a 2-core CPU: tools/bench_compile.py)
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower)

@@ -12,6 +12,7 @@ import torch
 from detector.config import config_from_dict, parse_override, set_dotted
 from detector.data.dataset import read_image  # noqa: F401 - the one image reader, also importable from here
 from detector.data.records import CategoryMap, DataError
+from detector.engine import allocator
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
 from detector.errors import CheckpointError, ConfigError, DetectorError
@@ -40,7 +41,9 @@ class Predictor:
     """
 
     def __init__(self, model, category_ids: list[int], category_names: list[str], device: torch.device,
-                 channels_last: bool = True, compile: bool = False):
+                 channels_last: bool = True, compile: bool = False, keep_freed_memory: bool = True):
+        if keep_freed_memory and device.type == "cpu":
+            allocator.keep_freed_memory()  # no pages faulted afresh for every image (engine/allocator.py)
         memory_format = torch.channels_last if channels_last else torch.preserve_format  # NHWC: faster convolutions
         self.model = model.to(device, memory_format=memory_format).eval()
         if compile:
@@ -84,7 +87,8 @@ class Predictor:
             more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
             raise CheckpointError(f"{path}: its weights do not fit the model its config builds: "
                                   f"{details[0] if details else one_line(str(error))}{more}") from None
-        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last, compile)
+        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last, compile,
+                   config.train.keep_freed_memory)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:

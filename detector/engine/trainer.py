@@ -28,6 +28,7 @@ import detector
 from detector.config import Config, config_to_dict, save_config
 from detector.config_checks import check_data_paths
 from detector.data import build_loader, load_dataset
+from detector.engine.allocator import keep_freed_memory
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from detector.engine.early_stopping import EarlyStoppingHook
 from detector.engine.evaluation import evaluate_model
@@ -145,6 +146,8 @@ class Trainer:
 
         # The number of classes comes from the data, never from a guess.
         config.model.num_classes = len(self.category_map)
+        if train.keep_freed_memory and self.device.type == "cpu" and not keep_freed_memory():
+            self.log.info("train.keep_freed_memory: needs Linux with glibc; the allocator is left as it is")
         memory_format = torch.channels_last if train.channels_last else torch.preserve_format
         self.model = build_model(config).to(self.device, memory_format=memory_format)
         if train.compile:
