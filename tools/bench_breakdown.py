@@ -31,6 +31,7 @@ from bench_model import build_models, load_samples, sgd, time_training  # noqa: 
 
 from detector.data import build_loader, load_dataset  # noqa: E402
 from detector.data.datasets import resolve_data_path  # noqa: E402
+from detector.engine.allocator import keep_freed_memory  # noqa: E402
 from detector.config import DatasetConfig, load_config  # noqa: E402
 
 # The methods that do the same job on both sides, under their own names.
@@ -230,6 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as detector train / predict run on the CPU (train.keep_freed_memory)
     images, targets = load_samples(args.images)
     models = build_models(SimpleNamespace(config=args.config, set=args.set))
     sides = ["ours", "torchvision"]

@@ -23,6 +23,7 @@ from bench_model import load_samples, sgd, training_step  # noqa: E402 - the sam
 
 from detector import build_model, load_config  # noqa: E402
 from detector.modeling.compilation import compile_model  # noqa: E402
+from detector.engine.allocator import keep_freed_memory  # noqa: E402
 
 
 def one_size(images, targets, size):
@@ -69,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as detector train / predict run on the CPU (train.keep_freed_memory)
     images, targets = load_samples(args.images)
     images, targets = one_size(images, targets, args.size)
     torch.manual_seed(0)

@@ -8,7 +8,11 @@ Three models: ours as `detector train` / `predict` run it (channels-last when
 converted by hand with `model.to(memory_format=torch.channels_last)`, so the table shows how
 much of the lead is the memory layout alone.
 
-    python tools/bench_model.py [--config configs/lite0.yaml] [--images N] [--iters N] [--threads N]
+The process keeps freed memory, as `detector train` / `predict` do on the CPU
+(`train.keep_freed_memory`, detector/engine/allocator.py), for all three models alike;
+--system-malloc leaves glibc's default, where every large allocation faults in fresh pages.
+
+    python tools/bench_model.py [--config configs/lite0.yaml] [--images N] [--iters N] [--threads N] [--system-malloc]
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from detector import build_model, load_config
 from detector.data.datasets import resolve_data_path
+from detector.engine.allocator import keep_freed_memory
 from detector.modeling.backbones.base import FrozenBatchNorm2d
 from detector.data import read_image
 from bench_kernels import _status_kib as status_kib  # the one /proc/self/status reader of the benchmarks
@@ -166,6 +171,8 @@ def training_peak_mb(name: str, args) -> float:
                "--peak-memory-of", name, "--set", *args.set]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.system_malloc:
+        command.append("--system-malloc")
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -188,10 +195,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (alternating order); medians reported")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="glibc's default allocator, not the freed memory kept as detector keeps it")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # the fresh process of training_peak_mb
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not args.system_malloc and keep_freed_memory()
     if args.peak_memory_of:
         return print_peak_memory(args.peak_memory_of, args)
     images, targets = load_samples(args.images)
@@ -220,7 +230,8 @@ def main() -> None:
     rows.append(("training step peak MB", {name: training_peak_mb(name, args) for name in names}))
 
     print(f"\nconfig {args.config} {' '.join(args.set)} | torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos")
+          f"{torch.get_num_threads()} threads | {args.images} raccoon val photos | "
+          f"{'freed memory kept (train.keep_freed_memory)' if kept else 'system malloc'}")
     print(f"same detections (labels): {same32 and same64}; largest box difference float32 {difference32:.1e} px "
           f"(torchvision NHWC vs NCHW alone: {layout_only:.1e} px), float64 {difference64:.1e} px")
     print(f"{'measure':<28}{'ours':>10}{'torchvision':>13}{'ratio':>8}{'torchvision NHWC':>18}{'ratio':>8}")

@@ -191,3 +191,11 @@ def test_train_compile_compiles_the_model_it_trains(tmp_path):
     plain, compiled = Trainer(tiny_config(tmp_path, "plain")), Trainer(tiny_config(tmp_path, "compiled", "train.compile=true"))
     assert plain.model.backbone._compiled_call_impl is None
     assert compiled.model.backbone._compiled_call_impl is not None and compiled.model.rpn.head._compiled_call_impl is not None
+
+
+def test_train_keep_freed_memory_sets_the_allocator_on_the_cpu(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("detector.engine.trainer.keep_freed_memory", lambda: calls.append(1) or True)
+    Trainer(tiny_config(tmp_path, "kept"))
+    Trainer(tiny_config(tmp_path, "system", "train.keep_freed_memory=false"))
+    assert calls == [1]  # the allocator itself is tested in test_allocator.py
