@@ -224,3 +224,13 @@ def test_set_changes_a_test_time_setting_and_refuses_an_architecture_key(files, 
                  "--device", "cpu", "--set", "model.num_classes=5"])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "model.num_classes: fixed by the checkpoint" in err[0]
+
+
+def test_prediction_keeps_freed_memory_unless_told_not_to(files, monkeypatch):
+    from detector.engine.predictor import Predictor
+
+    calls = []
+    monkeypatch.setattr("detector.engine.allocator.keep_freed_memory", lambda: calls.append(1) or True)
+    Predictor.from_checkpoint(files / "good.pt", "cpu")
+    Predictor.from_checkpoint(files / "good.pt", "cpu", overrides=["train.keep_freed_memory=false"])
+    assert calls == [1]  # the allocator itself: tests/engine/test_allocator.py

@@ -256,7 +256,7 @@ def main() -> None:
     settings = f"`{args.config}`" + (f" with `{' '.join(args.set)}`" if args.set else "")
     lines = [
         f"{settings}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.images} raccoon val photos; "
+        f"{torch.get_num_threads()} threads; freed memory kept (both models); {args.images} raccoon val photos; "
         f"medians of {args.rounds} rounds x {args.steps} steps; "
         f"`python tools/bench_breakdown.py{' --config ' + args.config if args.config != 'configs/lite0.yaml' else ''}`",
         "",

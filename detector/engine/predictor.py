@@ -28,6 +28,7 @@ TEST_TIME_KEYS = (
     "model.rpn.score_thresh", "model.rpn.min_box_size",
     "model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_img",
     "model.roi_heads.nms_method", "model.roi_heads.soft_nms_sigma", "model.roi_heads.soft_nms_min_score",
+    "train.keep_freed_memory",  # not the model's, the process's (engine/allocator.py): off for a shared process
 )
 
 
