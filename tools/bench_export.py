@@ -3,6 +3,8 @@ photos) for our PyTorch eager model, our ONNX export in ONNX Runtime (and OpenVI
 installed), torchvision's FasterRCNN eager with the same backbone, weights and settings
 (tools/bench_model.py's twin), and torchvision's own ONNX export (batch 1, fixed size: the only
 export of it that runs). Default Lite0 model at the raccoon recipe's sizes, batch 1 and 4.
+The eager models run as `detector predict` runs ours: channels-last (ours) and with freed memory
+kept (train.keep_freed_memory, for the whole process: torchvision's model gets it too).
 
     python tools/bench_export.py [--config configs/raccoon.yaml] [--images 8] [--rounds 3] [--threads N]
 
@@ -105,8 +107,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from detector.engine.allocator import keep_freed_memory
     from detector.export.onnx import export_onnx
     from detector.export.runtime import OnnxPredictor
+
+    keep_freed_memory()
 
     photos, source = load_photos(args.images)
     torch.manual_seed(0)
@@ -118,6 +123,7 @@ def main() -> None:
     save_checkpoint({"model": ours.state_dict(), "config": config_to_dict(config),
                      "categories": {"ids": [1], "names": ["object"]}}, checkpoint)
     onnx_path = export_onnx(checkpoint, folder / "model.onnx")
+    ours = ours.to(memory_format=torch.channels_last)  # as Predictor runs it (after the twin took the NCHW weights)
 
     def eager(model):
         def run(batch):
