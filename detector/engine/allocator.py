@@ -12,8 +12,8 @@ CPU performance guide gets by preloading jemalloc or TCMalloc, without a native 
 launcher. The price: the process keeps the peak of its heap until it exits (measured in
 tools/bench_model.py and the raccoon recipe's peak RSS).
 
-Linux with glibc only; elsewhere it does nothing and says so. Process-wide and one-way: call it
-where a process is about to run a model (`train.keep_freed_memory`, the default, does).
+Linux with glibc only; elsewhere it does nothing and returns False. Process-wide and one-way:
+the Trainer and the Predictor call it on the CPU (`train.keep_freed_memory`, on by default).
 """
 from __future__ import annotations
 
