@@ -184,8 +184,10 @@ def evaluate(args) -> int:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
     check_data_paths(config.data)
-    # The checkpoint's config builds the model; model.* overrides change its test-time settings.
-    test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
+    # The checkpoint's config builds the model; model.* overrides change its test-time settings
+    # (the checkpoint refuses the others by name), train.keep_freed_memory the process's allocator.
+    test_time = [o for o in args.overrides
+                 if parse_override(o)[0].startswith("model.") or parse_override(o)[0] == "train.keep_freed_memory"]
     predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile)
     if test_time:
         print("test-time settings: " + " ".join(test_time))

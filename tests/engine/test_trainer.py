@@ -107,6 +107,16 @@ def test_predictor_and_cli_use_the_checkpoint(finished_run, capsys):
     assert len(frames) == 3 and (tmp_path / "vid" / "clip.mp4").stat().st_size > 0
 
 
+def test_eval_passes_train_keep_freed_memory_to_the_predictor(finished_run, monkeypatch):
+    tmp_path = finished_run[0]
+    calls = []
+    monkeypatch.setattr("detector.engine.allocator.keep_freed_memory", lambda: calls.append(1) or True)
+    for value in ("true", "false"):
+        assert cli(["eval", str(tmp_path / "run" / "config.yaml"), "--weights", str(tmp_path / "run" / "weights" / "last.pt"),
+                    "--out", str(tmp_path / f"ev_{value}"), f"train.keep_freed_memory={value}"]) == 0
+    assert calls == [1]  # the checkpoint's own setting (true) would have called it twice
+
+
 def test_resume_mid_epoch_ends_with_the_same_weights(finished_run, tmp_path):
     """Stop a run inside its second epoch, resume it: the weights equal the uninterrupted run's."""
     reference = finished_run[3]  # the same config, run without interruption
