@@ -1,10 +1,11 @@
-"""The training loop, in the order that matters:
+"""The training loop: `Trainer.__init__` calls the builders of builders.py in order (data, model,
+loader, optimizer, schedule, hooks) on its own copy of the config, and `run_step` is one
+iteration, in the order that matters:
 
-    for each iteration:   losses = model(images, targets)
-                          (loss / accumulate).backward()
-                          every `accumulate` iterations:
-                              clip gradients -> optimizer.step() -> optimizer.zero_grad()
-                              -> scheduler.step()
+    losses = model(images, targets)
+    (loss / accumulate).backward()
+    every `accumulate` iterations:
+        clip gradients -> optimizer.step() -> optimizer.zero_grad() -> scheduler.step()
 
 It prints the accounting first (N images, batch B -> iterations per epoch = ceil(N / B), or
 floor(N / B) with drop_last; total iterations), stops on a non-finite loss with the iteration,
@@ -15,93 +16,28 @@ hook (hooks.py) called after each iteration and epoch.
 """
 from __future__ import annotations
 
-import math
-import random
+import copy
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import detector
 from detector.config import Config, config_to_dict, save_config
-from detector.config_checks import check_data_paths
-from detector.data import build_loader, load_dataset
-from detector.engine.allocator import keep_freed_memory
-from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from detector.engine.early_stopping import EarlyStoppingHook
-from detector.engine.evaluation import evaluate_model
-from detector.engine.hooks import LOSS_KEYS, CheckpointHook, EvaluationHook, Hook, LogHook, PreviewsHook
-from detector.engine.logger import RunLogger
 from detector.engine import distributed
-from detector.engine.optim import build_optimizer, build_scheduler, scaled_learning_rate
-from detector.errors import ConfigError, DetectorError
-from detector.modeling.compilation import compile_model
-from detector.modeling.faster_rcnn import build_model
+from detector.engine.builders import Accounting  # noqa: F401  (imported from here by its users)
+from detector.engine.builders import (build_accounting, build_datasets, build_model_for, build_step_scheduler,
+                                      build_train_loader, check_training_config, default_hooks, learning_rate_for,
+                                      setup_allocator, setup_process, setup_run_folder)
+from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from detector.engine.evaluation import evaluate_model
+from detector.engine.hooks import LOSS_KEYS, Hook
+from detector.engine.optim import build_optimizer
+from detector.errors import DetectorError
+
 
 class NonFiniteLossError(DetectorError):
     """A loss became NaN or infinite; the message names the iteration, the losses and the images."""
-
-
-@dataclass
-class Accounting:
-    num_images: int
-    batch_size: int  # per process
-    drop_last: bool
-    epochs: int
-    max_iters: int | None
-    world_size: int = 1  # processes; each sees ceil(N / world_size) images per epoch (the sampler pads)
-
-    @property
-    def images_per_process(self) -> int:
-        return math.ceil(self.num_images / self.world_size)
-
-    @property
-    def iters_per_epoch(self) -> int:
-        whole, rest = divmod(self.images_per_process, self.batch_size)
-        return whole if self.drop_last or rest == 0 else whole + 1
-
-    @property
-    def total_iters(self) -> int:
-        planned = self.iters_per_epoch * self.epochs
-        return min(planned, self.max_iters) if self.max_iters else planned
-
-    @property
-    def total_epochs(self) -> int:
-        return math.ceil(self.total_iters / self.iters_per_epoch)
-
-    def describe(self) -> str:
-        n, b = self.images_per_process, self.batch_size
-        rule = f"floor({n} / {b})" if self.drop_last else f"ceil({n} / {b})"
-        if self.world_size == 1:
-            text = f"{self.num_images} training images, batch {b}"
-        else:
-            text = (f"{self.num_images} training images over {self.world_size} processes -> ceil({self.num_images} / "
-                    f"{self.world_size}) = {n} per process; batch {b} per process, global batch {b * self.world_size}")
-        text += (f" -> {self.iters_per_epoch} iterations per epoch ({rule}{', drop_last' if self.drop_last else ''}); "
-                 f"{self.total_epochs} epochs -> {self.total_iters} iterations")
-        if self.max_iters and self.max_iters < self.iters_per_epoch * self.epochs:
-            text += f" (capped by train.max_iters={self.max_iters})"
-        return text
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def default_hooks(config: Config) -> list[Hook]:
-    """The hooks a run gets from its config, in the order they run after each epoch."""
-    hooks: list[Hook] = [PreviewsHook()] if config.train.previews else []
-    hooks += [EvaluationHook(), CheckpointHook(), LogHook()]
-    if config.train.patience is not None:
-        hooks.append(EarlyStoppingHook(config.train.patience))
-    return hooks
 
 
 class Trainer:
@@ -111,72 +47,29 @@ class Trainer:
     `resume`: True continues from `<output>/weights/last.pt`, a path from that checkpoint.
     `hooks`: extra `Hook`s, called after the config's own (evaluation, checkpoints, logging,
     early stopping).
+    The trainer works on a copy of `config` (`self.config`, with `model.num_classes` taken from
+    the data); the caller's object is left as it was.
     """
 
     def __init__(self, config: Config, resume: str | Path | bool | None = None, hooks: list[Hook] | None = None):
-        self.config = config
+        # A copy, so that setting num_classes below (and anything else later) never reaches the
+        # caller's object, which may build a second trainer or be saved as the user wrote it.
+        self.config = config = copy.deepcopy(config)
         train = config.train
-        if config.data.train is None:
-            raise ConfigError("data.train: no training data configured")
-        if train.patience is not None and config.data.val is None:
-            raise ConfigError("train.patience: early stopping watches val AP, so it needs data.val")
-        check_data_paths(config.data)
-        self.device = distributed.init_distributed(train.device)  # one process of torchrun, or the only one
-        self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        seed_everything(train.seed + self.rank, train.deterministic)  # DDP copies rank 0's initial weights
-        self.run_dir = Path(config.output)
-        self.weights_dir = self.run_dir / "weights"
-        if distributed.is_main():  # only rank 0 writes the run folder
-            self.weights_dir.mkdir(parents=True, exist_ok=True)
-        self.log = RunLogger(self.run_dir, tensorboard=train.tensorboard, enabled=distributed.is_main())
-
-        self.train_set = load_dataset(config.data.train, augment=config.data.augment, policy=config.data.policy, seed=train.seed)
+        check_training_config(config)
+        self.device, self.rank, self.world_size = setup_process(train)
+        self.run_dir, self.weights_dir, self.log = setup_run_folder(config)
+        self.train_set, self.val_set = build_datasets(config, self.log)
         self.category_map = self.train_set.category_map
-        self.val_set = (
-            load_dataset(config.data.val, self.category_map, policy=config.data.policy) if config.data.val else None
-        )
-        self.log.info(f"train data: {self.train_set.summary()}")
-        if self.val_set is not None:
-            self.log.info(f"val data: {self.val_set.summary()}")
-        if config.data.cache == "ram":
-            for name, dataset in (("train", self.train_set), ("val", self.val_set)):
-                if dataset is not None:
-                    self.log.info(f"data.cache: ram: {name} images decoded once, "
-                                  f"{dataset.cache_images() / 2**20:.0f} MB held in memory")
-
-        # The number of classes comes from the data, never from a guess.
-        config.model.num_classes = len(self.category_map)
-        if train.keep_freed_memory and self.device.type == "cpu" and not keep_freed_memory():
-            self.log.info("train.keep_freed_memory: needs Linux with glibc; the allocator is left as it is")
-        memory_format = torch.channels_last if train.channels_last else torch.preserve_format
-        self.model = build_model(config).to(self.device, memory_format=memory_format)
-        if train.compile:
-            compile_model(self.model)
-        if train.sync_bn and self.world_size > 1:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # trainable BatchNorm2d only
-        # The model that trains: DistributedDataParallel averages the gradients over processes.
-        self.train_model = distributed.wrap_model(self.model, self.device)
-        shard = distributed.shard_sampler(len(self.train_set), train.seed)  # None with one process
-        self.loader = build_loader(
-            self.train_set, train.batch_size, train=True, workers=config.data.workers,
-            seed=train.seed + 100_003 * self.rank,  # each process its own augmentation stream
-            group_aspect_ratio=config.data.group_aspect_ratio, drop_last=train.drop_last, sampler=shard,
-        )
-        self.accounting = Accounting(len(self.train_set), train.batch_size, train.drop_last, train.epochs,
-                                     train.max_iters, self.world_size)
-        if self.accounting.iters_per_epoch == 0:
-            raise ConfigError(
-                f"train.batch_size={train.batch_size} with drop_last leaves no batch from "
-                f"{self.accounting.images_per_process} images per process"
-            )
-        images_per_step = self.world_size * train.batch_size * train.accumulate
-        self.lr, self.lr_rule = scaled_learning_rate(train.optimizer, images_per_step)
+        config.model.num_classes = len(self.category_map)  # from the data, never from a guess
+        setup_allocator(train, self.device, self.log)
+        self.model, self.train_model = build_model_for(config, self.device, self.world_size)
+        self.loader = build_train_loader(config, self.train_set, self.rank)
+        self.accounting = build_accounting(train, len(self.train_set), self.world_size)
+        self.lr, self.lr_rule = learning_rate_for(train, self.world_size)
         self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained, lr=self.lr)
-        steps_per_epoch = math.ceil(self.accounting.iters_per_epoch / train.accumulate)
-        self.scheduler = build_scheduler(
-            self.optimizer, train.scheduler, math.ceil(self.accounting.total_iters / train.accumulate), steps_per_epoch
-        )
-        self.amp = train.amp and self.device.type == "cuda"
+        self.scheduler = build_step_scheduler(self.optimizer, train, self.accounting)
+        self.amp = train.amp and self.device.type == "cuda"  # mixed precision on GPUs only
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
         self.epoch = 0  # epochs completed
@@ -266,7 +159,8 @@ class Trainer:
         return self.latest_metrics
 
     def train_one_epoch(self) -> dict[str, float]:
-        train = self.config.train
+        """The epoch's remaining batches through `run_step`, the hooks' `after_step` after each;
+        returns the epoch's mean losses (over all processes), time and images/s."""
         self.model.train()
         self.loader.set_epoch(self.epoch)
         start_batch = self.batches_done_in_epoch
@@ -284,37 +178,17 @@ class Trainer:
             if count == remaining:
                 break
             self.report_skipped()
-            if self.world_size > 1 and not distributed.all_true(bool(images), self.device):
-                # Every process must run the forward pass, or the others wait for its gradients.
-                raise DetectorError(f"iteration {self.iteration + 1}: a process got a batch with no readable image; "
-                                    f"this one skipped: {[str(s) for s in self.loader.skipped] or 'none'}")
-            if images:
-                images = [image.to(self.device, non_blocking=True) for image in images]
-                targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                with torch.autocast(self.device.type, enabled=self.amp):
-                    losses = self.train_model(images, targets)
-                loss = sum(losses.values())
-                # Every process must take the same branch: one NaN anywhere stops (or rolls back) all.
-                if not distributed.all_true(bool(torch.isfinite(loss)), self.device):
-                    raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
-                (self.scaler.scale(loss) / train.accumulate).backward()
-                images_seen += len(images)
-            else:  # every image of the batch failed to decode: an iteration without a loss
-                losses = None
-
-            step_now = (self.iteration + 1) % train.accumulate == 0 or count + 1 == remaining
-            if step_now:
-                self.optimizer_step()
-
+            losses = self.run_step(images, targets, last_in_epoch=count + 1 == remaining)
             self.iteration += 1
             self.batches_done_in_epoch = start_batch + count + 1
             count += 1
             progress.update(1)
             if losses is not None:
+                images_seen += len(images)
                 losses_counted += 1
                 for key in LOSS_KEYS:
                     sums[key] += losses[key].item()
-                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.base_lr():.2e}")
+                progress.set_postfix(loss=f"{sum(losses.values()).item():.3f}", lr=f"{self.base_lr():.2e}")
             for hook in self.hooks:
                 hook.after_step(self, losses)
         progress.close()
@@ -324,6 +198,37 @@ class Trainer:
         means["time"] = time.time() - epoch_start
         means["images_per_s"] = distributed.sum_over_processes(images_seen, self.device) / max(means["time"], 1e-9)
         return means
+
+    def run_step(self, images: list[torch.Tensor], targets: list[dict], last_in_epoch: bool) -> dict | None:
+        """One iteration: forward -> loss -> non-finite check -> backward, then, every `accumulate`
+        iterations and on the epoch's last batch, clip -> optimizer.step -> zero_grad ->
+        scheduler.step. Returns the losses; None when no image of the batch could be read."""
+        train = self.config.train
+        if self.world_size > 1 and not distributed.all_true(bool(images), self.device):
+            # Every process must run the forward pass, or the others wait for its gradients.
+            raise DetectorError(f"iteration {self.iteration + 1}: a process got a batch with no readable image; "
+                                f"this one skipped: {[str(s) for s in self.loader.skipped] or 'none'}")
+        losses = None  # stays None when every image of the batch failed to decode
+        if images:
+            images, targets = batch_to_device(images, targets, self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                losses = self.train_model(images, targets)
+            loss = sum(losses.values())
+            # Every process must take the same branch: one NaN anywhere stops (or rolls back) all.
+            if not distributed.all_true(bool(torch.isfinite(loss)), self.device):
+                raise NonFiniteLossError(self.describe_bad_batch(losses, targets))
+            (self.scaler.scale(loss) / train.accumulate).backward()
+        if (self.iteration + 1) % train.accumulate == 0 or last_in_epoch:
+            has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
+            if has_grads:  # none when every batch since the last step was unreadable
+                if train.clip_grad_norm:  # on the averaged gradients under DDP
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()  # the schedule follows iterations, even one without a loss
+        return losses
 
     def roll_back(self, error: NonFiniteLossError) -> None:
         """`non_finite: rollback`: reload last.pt and go on with the learning rate times
@@ -344,18 +249,6 @@ class Trainer:
         self.rollbacks = done
         self.log.warning(f"{error} Rolled back to last.pt (iteration {self.iteration}) with the learning rate x"
                          f"{train.rollback_lr_factor ** done:g} (rollback {done} of {train.max_rollbacks}).")
-
-    def optimizer_step(self) -> None:
-        """clip -> step -> zero_grad -> scheduler.step, in that order."""
-        has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
-        if has_grads:  # none when every batch since the last step was unreadable
-            if self.config.train.clip_grad_norm:  # on the averaged gradients under DDP
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()  # the schedule follows iterations, even one without a loss
 
     def report_skipped(self) -> None:
         """Log the samples the loader skipped since the last call and list them in the run folder."""
@@ -396,6 +289,12 @@ class Trainer:
         """A checkpoint in weights/, written by rank 0 only."""
         if distributed.is_main():
             save_checkpoint(state, self.weights_dir / name)
+
+
+def batch_to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
 
 
 def _fmt(value: float | None) -> str:

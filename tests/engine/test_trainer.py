@@ -1,5 +1,6 @@
 """The training loop on a tiny synthetic set: accounting, run folder, checkpoints, resume,
 non-finite losses, and the CLI on the result."""
+import dataclasses
 import json
 
 import pytest
@@ -45,6 +46,15 @@ def test_iterations_per_epoch_are_ceil_or_floor():
     capped = Accounting(10, 4, False, 3, 7)
     assert capped.total_iters == 7 and capped.total_epochs == 3
     assert "10 training images, batch 4 -> 3 iterations per epoch (ceil(10 / 4)); 3 epochs -> 9 iterations" in Accounting(10, 4, False, 3, None).describe()
+
+
+def test_the_callers_config_is_left_as_it_was(tmp_path):
+    """The trainer sets model.num_classes from the data on its own copy, never on the caller's object."""
+    config = tiny_config(tmp_path, "run", "data.val=null")
+    before = dataclasses.asdict(config)
+    trainer = Trainer(config)
+    assert dataclasses.asdict(config) == before
+    assert config.model.num_classes == 1 and trainer.config.model.num_classes == 4  # 4 classes in the synthetic set
 
 
 def test_run_folder_tells_the_whole_story(finished_run):
@@ -205,7 +215,7 @@ def test_train_compile_compiles_the_model_it_trains(tmp_path):
 
 def test_train_keep_freed_memory_sets_the_allocator_on_the_cpu(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("detector.engine.trainer.keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("detector.engine.builders.keep_freed_memory", lambda: calls.append(1) or True)
     Trainer(tiny_config(tmp_path, "kept"))
     Trainer(tiny_config(tmp_path, "system", "train.keep_freed_memory=false"))
     assert calls == [1]  # the allocator itself is tested in test_allocator.py
