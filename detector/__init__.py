@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # Imported on first use: the trainer pulls in the data pipeline (albumentations, pycocotools),
 # which `import detector` in a worker or a checkpoint tool should not pay for.
-_LAZY = {"Trainer": "detector.engine.trainer", "Predictor": "detector.engine.predictor"}
+_LAZY = {"Trainer": "detector.engine.trainer", "Predictor": "detector.inference.predictor"}
 
 
 def __getattr__(name: str):

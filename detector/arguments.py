@@ -10,9 +10,9 @@ takes overrides by declaring them with `add_overrides`; nothing else is needed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 # A dotted key, then "=": `train.epochs=3`, `model.rpn.nms_thresh=0.6`.
 OVERRIDE = re.compile(r"[A-Za-z_][\w.\-]*=")
@@ -32,7 +32,7 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 def is_override(token: str) -> bool:
     """`key=value` with a dotted key; an existing file (say `a=b.jpg`) is a path, not an override."""
-    return OVERRIDE.match(token) is not None and not Path(token).exists()
+    return OVERRIDE.match(token) is not None and not os.path.exists(token)  # False, not OSError, for a name too long
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:

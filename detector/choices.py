@@ -17,6 +17,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("multistep", "step", "cosine", "constant")
 SCHEDULE_STEPS = ("iter", "epoch")
 NON_FINITE_POLICIES = ("stop", "rollback")
+# How an exported .onnx runs (detector/inference/exported.py; --backend, --precision), and at
+# which precision OpenVINO computes: f32 unless asked (ONNX Runtime runs f32 only).
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("f32", "bf16")
 
 
 def spell(choices: tuple[str, ...]) -> str:

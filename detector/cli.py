@@ -1,21 +1,29 @@
 """The `detector` command line. Thin: it parses arguments, then calls the package.
 
   detector train CONFIG [key=value ...] [--resume [CHECKPOINT]] [--nproc N]
-  detector eval CONFIG --weights W [key=value ...]
+  detector eval CONFIG --weights W [key=value ...] [BACKEND]
   detector predict --weights W SOURCE... [key=value ...] [--out DIR] [--score-thresh T] [--max-detections N]
-                   [--set KEY=VALUE] [--strict]
+                   [--set KEY=VALUE] [--strict] [BACKEND]
   detector model [CONFIG] [key=value ...]
   detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
-  detector serve --weights W(.pt|.onnx) [--host 127.0.0.1] [--port 8000]
+  detector serve --weights W [--host 127.0.0.1] [--port 8000] [--set KEY=VALUE] [BACKEND]
   detector datasets [get NAME [--from PATH] [--force]]
   detector data CONFIG [key=value ...] [--out DIR]
-  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K]
+  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K] [BACKEND]
   detector analyze --gt ground_truth.json --predictions predictions.json [--images DIR] [--out DIR] ...
 
---weights of eval and predict may also be a `.onnx` file of `detector export` (run by ONNX Runtime).
-key=value overrides may come before or after any option (arguments.py). predict exits 0 when
-every source was predicted, 1 when some were skipped, 2 when none could be or on a usage error;
-eval exits 1 when val images were skipped.
+--weights of eval, analyze, predict and serve is a checkpoint (.pt, run by PyTorch) or a `.onnx`
+file of `detector export`, run by ONNX Runtime or, with BACKEND = `--backend openvino
+[--precision bf16]`, by OpenVINO; all load through detector.inference, which also applies the
+test-time settings (model.*) by one rule. key=value overrides may come before or after any
+option (arguments.py).
+
+Every command exits with one contract (exit_status.py, README "Exit codes"): 0 done; 1 done, with
+some inputs skipped, each named (predict's sources, the val images of eval and analyze, the
+images train could not read); 2 a usage, config, input or checkpoint error, or an output path
+that cannot be written, told in one line `detector COMMAND: message`; 3 an unexpected internal
+error (a bug), told in one line naming a file that holds the traceback; 130 interrupted.
+`train --nproc N` exits with the same codes, taken from its processes rather than from torchrun.
 """
 from __future__ import annotations
 
@@ -24,19 +32,42 @@ import sys
 from pathlib import Path
 
 from detector.arguments import ArgumentParser, add_overrides, parse_command_line
+from detector.serve import MAX_PIXELS
 
 
 COMPILE_HELP = ("torch.compile the backbone and RPN head of a .pt model; each new image size pays a compilation "
                 "(tools/bench_compile.py measures whether it pays on your machine)")
+WEIGHTS_HELP = "checkpoint written by `detector train` (.pt), or its `detector export` (.onnx)"
+EXIT_STATUS_HELP = ("Exit status (every command): 0 done; 1 done, some inputs skipped and named; 2 a usage, config, "
+                    "input, checkpoint or output-path error, in one line; 3 an internal error (a bug), in one line "
+                    "naming the file that holds its traceback; 130 interrupted.")
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend and --precision: how a command runs an exported .onnx (inference/loading.py)."""
+    from detector.choices import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="runtime of a .onnx --weights (default: onnxruntime); a .pt runs in PyTorch")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="OpenVINO's inference precision, with --backend openvino (default f32; bf16 is faster "
+                             "on CPUs with AVX512_BF16 or AMX, and gives slightly different detections)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command; one that takes key=value overrides declares them with `add_overrides`
     (they may then come before or after any option: arguments.py)."""
-    parser = ArgumentParser(prog="detector", description="Faster R-CNN you can train, trust and read.")
+    from detector.export.onnx import DEFAULT_OPSET, MIN_OPSET
+
+    parser = ArgumentParser(prog="detector", description="Faster R-CNN you can train, trust and read.",
+                            epilog=EXIT_STATUS_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train from a YAML config; writes a run folder")
+    train = commands.add_parser("train", help="train from a YAML config; writes a run folder",
+                                description="Trains from a YAML config and writes a run folder. " + EXIT_STATUS_HELP
+                                + " Here 1 means some images could not be read and were skipped (each named in "
+                                  "the run's train.log); with --nproc the status comes from the processes (the first "
+                                  "to fail), not from torchrun.")
     train.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     add_overrides(train, "dotted key=value overrides, e.g. train.epochs=3")
     resume = train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
@@ -51,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("config", help="YAML config naming data.val")
     add_overrides(evaluate, "dotted key=value overrides: data.* and train.batch_size pick the data; model.* "
                             "changes a test-time setting of the checkpoint's model, e.g. model.roi_heads.nms_method=gaussian")
-    evaluate.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
+    evaluate.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_backend_options(evaluate)
 
     predict = commands.add_parser(
         "predict", help="detect objects in images, folders, globs and videos",
@@ -62,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "a usage error).")
     predict.add_argument("sources", nargs="+", help="image or video files, folders, or glob patterns")
     add_overrides(predict, "test-time settings of the model, as --set, e.g. model.roi_heads.nms_method=hard")
-    predict.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
+    predict.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     predict.add_argument("--out", default="runs/predict",
                          help="folder for annotated images/videos, predictions.json and skipped.txt")
-    predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
+    predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring above this")
     predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                          help="a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard (repeatable)")
@@ -73,21 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop at the first source that cannot be read (exit 2) instead of skipping it")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_backend_options(predict)
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
     add_overrides(export, "test-time settings baked into the file, as --set, e.g. model.roi_heads.score_thresh=0.3")
     export.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
     export.add_argument("--out", default=None, help="the .onnx file to write (default: beside the weights)")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= {MIN_OPSET})")
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="a test-time setting baked into the file, e.g. --set model.roi_heads.score_thresh=0.3 (repeatable)")
 
     serve = commands.add_parser("serve", help="HTTP server: POST /predict an image, get the detections as JSON")
-    serve.add_argument("--weights", required=True, help="checkpoint written by `detector train`, or its .onnx export")
+    add_overrides(serve, "test-time settings of the model, as --set, e.g. model.roi_heads.score_thresh=0.3")
+    serve.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="larger uploads are refused (413)")
+    serve.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger uploads are refused (413)")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                       help="a test-time setting of the model, e.g. --set model.roi_heads.score_thresh=0.3 (repeatable)")
+    add_backend_options(serve)
 
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
@@ -114,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "matrix, F1 per class, gallery of the images with the most errors")
     analyze.add_argument("config", nargs="?", help="YAML config naming data.val (with --weights)")
     add_overrides(analyze, "dotted key=value overrides (as `detector eval`)")
-    analyze.add_argument("--weights", default=None, help="checkpoint to predict the val set with")
+    analyze.add_argument("--weights", default=None, help="checkpoint (.pt) or its export (.onnx) to predict the val set with")
     analyze.add_argument("--gt", default=None, help="COCO ground-truth file (e.g. a run's eval/ground_truth.json)")
     analyze.add_argument("--predictions", default=None, help="COCO results file (e.g. eval/predictions.json)")
     analyze.add_argument("--images", default=None, help="folder the ground truth's file names are relative to")
@@ -122,20 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--score-thresh", type=float, default=None,
                          help="score threshold of the confusion matrix, F1 and gallery (default: the best F1's)")
     analyze.add_argument("--worst", type=int, default=9, help="images in the gallery of the most errors")
+    add_backend_options(analyze)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
-    from detector.errors import DetectorError
+    """Run one command; its exit status follows exit_status.py's contract (0 done, 1 some inputs
+    skipped, 2 a usage/config/input/checkpoint/path error in one line, 3 a bug, 130 interrupted)."""
+    args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)  # usage errors: 2
+    from detector import exit_status
 
     commands = {"train": train, "eval": evaluate, "predict": predict, "model": describe_model, "export": export,
                 "serve": serve, "datasets": datasets, "data": data_report, "analyze": analyze}
-    try:
-        return commands[args.command](args)
-    except (DetectorError, FileNotFoundError) as error:
-        print(f"detector {args.command}: {error}", file=sys.stderr)
-        return 2
+    return exit_status.run(args.command, lambda: commands[args.command](args))
 
 
 def train(args) -> int:
@@ -149,46 +185,72 @@ def train(args) -> int:
         return launch_torchrun(args)
 
     try:
-        metrics = Trainer(load_config(args.config, args.overrides), resume=args.resume).fit()
+        trainer = Trainer(load_config(args.config, args.overrides), resume=args.resume)
+        metrics = trainer.fit()
         main = is_main()
     finally:
         shutdown()
     if main and metrics and metrics["AP"] is not None:
         print(f"val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
-    return 0
+    skipped = skipped_in_training(trainer, metrics)
+    if skipped:
+        print(f"{skipped} image(s) skipped, each named in {trainer.run_dir / 'train.log'}"
+              f"{' (this process)' if not main else ''}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def skipped_in_training(trainer, metrics: dict) -> int:
+    """Images this process left out: unreadable at load time (train and val sets), while
+    training (the loader's skipped samples, each once) and at the last evaluation."""
+    from detector.data.records import SKIPPED_IMAGE
+
+    at_load = sum(dataset.report.count(SKIPPED_IMAGE) for dataset in (trainer.train_set, trainer.val_set)
+                  if dataset is not None and dataset.report is not None)
+    return at_load + len({str(sample) for sample in trainer.loader.skipped}) + len(metrics.get("skipped_images", []))
 
 
 def launch_torchrun(args) -> int:
-    """Re-run this `detector train` under torchrun with `args.nproc` processes on this machine."""
+    """Re-run this `detector train` under torchrun with `args.nproc` processes on this machine,
+    with the exit status of a single process: the config is checked here first (2 before any
+    process starts), and each process writes its status to a folder that exit_status.from_workers
+    reads, since torchrun itself reports any failure as 1."""
+    import os
     import subprocess
+    import tempfile
 
+    from detector import exit_status, load_config
+    from detector.engine.builders import check_training_config
+
+    check_training_config(load_config(args.config, args.overrides))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "detector.cli", "train", args.config, *args.overrides]
     if args.resume is not None:
         command += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
     print("launching: " + " ".join(command), flush=True)
-    return subprocess.run(command).returncode
+    with tempfile.TemporaryDirectory(prefix="detector-train-status-") as statuses:
+        done = subprocess.run(command, env={**os.environ, exit_status.WORKER_STATUS_DIR: statuses})
+        return exit_status.from_workers(done.returncode, statuses, args.nproc)
 
 
 def evaluate(args) -> int:
     from detector import load_config
-    from detector.config import parse_override
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
-    from detector.export import load_predictor
+    from detector.inference import load_predictor
+    from detector.inference.overrides import select_test_time_overrides
 
     config = load_config(args.config, args.overrides)
     if config.data.val is None:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
     check_data_paths(config.data)
-    # The checkpoint's config builds the model; model.* overrides change its test-time settings
-    # (the checkpoint refuses the others by name), train.keep_freed_memory the process's allocator.
-    test_time = [o for o in args.overrides
-                 if parse_override(o)[0].startswith("model.") or parse_override(o)[0] == "train.keep_freed_memory"]
-    predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile)
+    # The checkpoint's config builds the model; the overrides meant for it change its test-time
+    # settings (inference/overrides.py: the others are refused by name); the rest pick the data.
+    test_time = select_test_time_overrides(args.overrides)
+    predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile,
+                               backend=args.backend, precision=args.precision)
     if test_time:
         print("test-time settings: " + " ".join(test_time))
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
@@ -212,11 +274,12 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
-    from detector.engine.prediction import predict_sources
-    from detector.export import load_predictor
+    from detector.inference import load_predictor
+    from detector.inference.runner import predict_sources
 
     predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections,
-                               args.settings + args.overrides, compile=args.compile)
+                               args.settings + args.overrides, compile=args.compile, backend=args.backend,
+                               precision=args.precision)
     out = Path(args.out)
     try:
         run = predict_sources(predictor, args.sources, out, strict=args.strict,
@@ -242,7 +305,8 @@ def export(args) -> int:
 def serve(args) -> int:
     from detector.serve import run_server
 
-    run_server(args.weights, host=args.host, port=args.port, device=args.device, max_pixels=args.max_pixels)
+    run_server(args.weights, host=args.host, port=args.port, device=args.device, max_pixels=args.max_pixels,
+               overrides=args.settings + args.overrides, backend=args.backend, precision=args.precision)
     return 0
 
 
@@ -305,15 +369,17 @@ def analyze(args) -> int:
         result = analyze_files(args.gt, args.predictions, args.out, **options)
     elif args.config and args.weights:
         from detector import load_config
-        from detector.config import parse_override
+        from detector.inference.overrides import select_test_time_overrides
 
         config = load_config(args.config, args.overrides)
-        test_time = [o for o in args.overrides if parse_override(o)[0].startswith("model.")]
-        result = analyze_checkpoint(config, args.weights, args.out, test_time, **options)
+        result = analyze_checkpoint(config, args.weights, args.out, select_test_time_overrides(args.overrides),
+                                    backend=args.backend, precision=args.precision, **options)
+        for sample in result["skipped_images"]:
+            print(f"WARNING: {sample}; left out of the analysis", file=sys.stderr)
     else:
         raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
     print(format_analysis(result, Path(result["files"][0]).parent))
-    return 0
+    return 1 if result.get("skipped_images") else 0
 
 
 if __name__ == "__main__":

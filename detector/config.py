@@ -20,9 +20,7 @@ from detector.config_checks import check_config
 from detector.errors import ConfigError
 
 DELETE_MARKER = "_delete_"  # in a YAML section: replace the inherited section instead of merging into it
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_NESTING = 32  # a config nests a few levels (train.optimizer.lr, anchor lists of lists); deeper is not a config
 
 
 @dataclass
@@ -248,6 +246,9 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except RecursionError:  # PyYAML reads nested blocks recursively
+        raise ConfigError(f"{path}: nested too deeply to read (a config nests at most {MAX_NESTING} levels)") from None
+    _check_nesting(data, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
     bases = data.pop("_base_", [])
@@ -298,7 +299,23 @@ def parse_override(override: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         value = text
+    except RecursionError:
+        raise ConfigError(f"override {key}: the value is nested too deeply to read "
+                          f"(a config nests at most {MAX_NESTING} levels)") from None
+    _check_nesting(value, f"override {key}")
     return key.strip(), value
+
+
+def _check_nesting(data: Any, source: str) -> None:
+    """Refuse lists and mappings nested deeper than MAX_NESTING, before anything walks them recursively."""
+    level, depth = [data], 0
+    while level:
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        depth += bool(level)
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep; a config nests a few "
+                              "(e.g. train.optimizer.lr, model.anchors.sizes)")
 
 
 def set_dotted(data: dict, dotted_key: str, value: Any) -> None:

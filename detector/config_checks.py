@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from detector import choices
 from detector.choices import spell
-from detector.errors import ConfigError
+from detector.errors import ConfigError, DataError
 
 
 def _positive(v: Any) -> bool:
@@ -168,7 +168,6 @@ def check_data_paths(data: Any) -> None:
     """Raise a ConfigError naming the dotted key and the path of a dataset file or folder that
     does not exist (checked when data is about to be read, not at config load)."""
     from detector.data.datasets import resolve_data_path
-    from detector.data.records import DataError
 
     for split in ("train", "val"):
         dataset = getattr(data, split)

@@ -41,3 +41,52 @@ class AugmentationError(DetectorError, RuntimeError):
 
 class WriteError(DetectorError, OSError):
     """An output file could not be written; the message names it."""
+
+
+class DegenerateImageError(InputError):
+    """An image the model cannot see (it would resize below one pixel on a side); a run skips
+    it by name and goes on."""
+
+
+class BoxShapeError(InputError):
+    """An op got boxes (or scores) of the wrong shape; the message names the op and the shape."""
+
+
+class NonFiniteLossError(DetectorError):
+    """A loss became NaN or infinite; the message names the iteration, the losses and the images."""
+
+
+class DataError(DetectorError, ValueError):
+    """A dataset cannot be read; the message names the file (and line, annotation or image)."""
+
+
+class DatasetError(DataError):
+    """A data set is unknown, not installed, or fails its checks; the message says what to run."""
+
+
+class DownloadError(DataError):
+    """A download failed, stopped early or does not match its recorded checksum."""
+
+
+class WeightsNotFoundError(DetectorError, FileNotFoundError):
+    """Pretrained weights were asked for, but their file is not on this machine."""
+
+
+class AnalysisError(DetectorError, ValueError):
+    """Analysis inputs are wrong; the message names the file, image or category at fault."""
+
+
+class ExportError(DetectorError, ValueError):
+    """A model or setting cannot be exported (or run) as asked; the message names the key or file."""
+
+
+class SourceError(DetectorError):
+    """A prediction source cannot be predicted (with `strict`); the message names it and why."""
+
+
+class UploadError(InputError):
+    """An upload the server refuses; `status` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

@@ -41,3 +41,18 @@ def real_sample() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         images.append(skimage_photo(name))
         targets.append({"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)})
     return images, targets
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_sigchld_on_the_main_thread():
+    """Once OpenVINO has run in a test process on a CPU with AVX512_BF16, the kernel could no
+    longer deliver SIGCHLD to the main thread there: the next child process to exit (a `detector
+    serve` the tests started) killed pytest with SIGSEGV (si_code SI_KERNEL, in clock_nanosleep).
+    Nothing in a test needs SIGCHLD (subprocess waits with waitpid), so the main thread blocks
+    it; `detector` itself never starts children after loading OpenVINO, and Ctrl-C after an
+    OpenVINO run still raises KeyboardInterrupt (checked by hand)."""
+    import signal
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -51,6 +51,28 @@ def test_every_error_class_is_a_detector_error():
     assert all(issubclass(cls, DetectorError) for cls in classes)
 
 
+# Error classes still defined beside their use, to be moved into errors.py (issue 20); empty it then.
+NOT_YET_IN_ERRORS_PY: set[str] = set()
+
+
+def error_classes_outside_errors_py() -> set[str]:
+    """'file:Class' of every class outside errors.py whose base is an exception (a name ending in Error or Exception)."""
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    (base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")).endswith(("Error", "Exception"))
+                    for base in node.bases):
+                found.add(f"{path.relative_to(PACKAGE).as_posix()}:{node.name}")
+    return found
+
+
+def test_every_error_class_lives_in_errors_py():
+    assert error_classes_outside_errors_py() <= NOT_YET_IN_ERRORS_PY
+
+
 def test_each_set_of_choices_has_exactly_one_builder_per_name():
     from detector.engine.optim import OPTIMIZER_BUILDERS
     from detector.modeling.backbones import BUILDERS

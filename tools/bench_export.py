@@ -109,7 +109,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from detector.engine.allocator import keep_freed_memory
     from detector.export.onnx import export_onnx
-    from detector.export.runtime import OnnxPredictor
+    from detector.inference.exported import OnnxPredictor
 
     keep_freed_memory()
 

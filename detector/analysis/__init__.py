@@ -4,11 +4,10 @@
     evalset = load_coco_files("runs/x/eval/ground_truth.json", "runs/x/eval/predictions.json")
     breakdown = error_breakdown(evalset)          # TIDE types: counts and oracle dAP50
 """
-from detector.analysis.detections import AnalysisError, EvalSet, ImageBoxes, from_coco, load_coco_files
+from detector.analysis.detections import EvalSet, ImageBoxes, from_coco, load_coco_files
 from detector.analysis.errors import ERROR_TYPES, ErrorBreakdown, classify_image, error_breakdown
 
 __all__ = [
-    "AnalysisError",
     "ERROR_TYPES",
     "ErrorBreakdown",
     "EvalSet",

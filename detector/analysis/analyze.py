@@ -58,23 +58,30 @@ def analyze_files(ground_truth: str | Path, predictions: str | Path, out_dir: st
     return analyze(load_coco_files(ground_truth, predictions), out_dir, **options)
 
 
-def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None = None, overrides=(), **options) -> dict:
-    """Predict the config's val set with checkpoint `weights` (its own model config, test-time
-    `model.*` overrides allowed, as `detector eval`), write predictions.json / ground_truth.json
-    with the COCO metrics into `out_dir` (default: <output>/eval/analysis), then analyze them."""
+def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None = None, overrides=(),
+                       backend: str | None = None, precision: str | None = None, **options) -> dict:
+    """Predict the config's val set with `weights` (a checkpoint with its own model config and
+    test-time `model.*` overrides, or an exported .onnx on `backend` at `precision`: loaded as
+    `detector eval` loads it), write predictions.json / ground_truth.json with the COCO metrics
+    into `out_dir` (default: <output>/eval/analysis), then analyze them. The result's
+    "skipped_images" names the val images left out (unreadable, or too thin to resize)."""
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
+    from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
-    from detector.engine.predictor import Predictor
     from detector.errors import ConfigError
+    from detector.inference import load_predictor
 
     if config.data.val is None:
         raise ConfigError("data.val is not set: `detector analyze CONFIG --weights W` predicts the val set")
     check_data_paths(config.data)
-    predictor = Predictor.from_checkpoint(weights, device=config.train.device, overrides=list(overrides))
+    predictor = load_predictor(weights, device=config.train.device, overrides=list(overrides), backend=backend,
+                               precision=precision)
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out_dir = Path(out_dir) if out_dir else Path(config.output) / "eval" / "analysis"
-    evaluate_model(predictor.model, dataset, predictor.device, out_dir, batch_size=config.train.batch_size,
-                   workers=config.data.workers, draw=0)
-    return analyze_files(out_dir / "ground_truth.json", out_dir / "predictions.json", out_dir, **options)
+    metrics = evaluate_model(predictor.model, dataset, predictor.device, out_dir, batch_size=config.train.batch_size,
+                             workers=config.data.workers, draw=0)
+    skipped = [str(p) for p in dataset.report.problems if p.kind == SKIPPED_IMAGE] + metrics["skipped_images"]
+    result = analyze_files(out_dir / "ground_truth.json", out_dir / "predictions.json", out_dir, **options)
+    return {**result, "skipped_images": skipped}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 from detector.config import AnchorConfig, Config
 from detector.errors import ConfigError
 from detector.modeling.anchors import AnchorGenerator
+from detector.modeling import geometry
 from detector.modeling.faster_rcnn import build_model
 
 SEARCH_BOXES = 3000  # boxes (whole images) the suggestion's search scores each trial on
@@ -70,15 +70,12 @@ class ModelGeometry:
         return self.config.model.rpn.bg_iou_thresh
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """The image size the model works on: DetectionTransform.resize's arithmetic (interpolate
-        with recompute_scale_factor gives floor(side * scale)); a test holds the two equal."""
+        """The image size the model works on (geometry.resized_size, as the transform)."""
         transform = self._model.transform
-        scale = min(transform.min_size / min(height, width), transform.max_size / max(height, width))
-        return math.floor(height * scale), math.floor(width * scale)
+        return geometry.resized_size(height, width, transform.min_size, transform.max_size)
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        divisor = self._model.transform.size_divisible
-        return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+        return geometry.padded_size(height, width, self._model.transform.size_divisible)
 
     def feature_shapes(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
         """(H, W) of every feature map for one padded batch of this size."""

@@ -16,13 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detector.errors import DetectorError
+from detector.errors import AnalysisError
 
 MAX_DETECTIONS_PER_CLASS = 100  # COCOeval's maxDets for AP, applied per image and class
-
-
-class AnalysisError(DetectorError, ValueError):
-    """Analysis inputs are wrong; the message names the file, image or category at fault."""
 
 
 @dataclass

@@ -8,14 +8,13 @@
 from detector.data.coco import read_coco
 from detector.data.dataset import DetectionDataset, load_dataset, read_image, read_records
 from detector.data.loader import DetectionLoader, GroupedBatchSampler, build_loader, collate_detection
-from detector.data.records import CategoryMap, DataError, DatasetReport, ImageRecord, Problem
+from detector.data.records import CategoryMap, DatasetReport, ImageRecord, Problem
 from detector.data.synthetic import make_synthetic_dataset
 from detector.data.voc import read_voc
 from detector.data.yolo import read_yolo
 
 __all__ = [
     "CategoryMap",
-    "DataError",
     "DatasetReport",
     "DetectionDataset",
     "DetectionLoader",

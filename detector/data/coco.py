@@ -20,13 +20,13 @@ from detector.data.records import (
     SKIPPED_ANNOTATION,
     SKIPPED_IMAGE,
     CategoryMap,
-    DataError,
     DatasetReport,
     ImageRecord,
     check_image,
     make_record,
     read_text,
 )
+from detector.errors import DataError
 
 
 def read_coco(

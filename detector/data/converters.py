@@ -26,7 +26,7 @@ from pathlib import Path
 
 import cv2
 
-from detector.data.records import DataError
+from detector.errors import DataError
 
 MAX_SIDE = 512
 DOWNSCALE_NOTE = "images resized so max side <= 512 (no upscaling), boxes scaled, segmentation dropped"

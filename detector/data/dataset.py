@@ -13,9 +13,9 @@ from PIL import Image  # a dependency of torchvision
 
 from detector.choices import DATA_FORMATS, spell
 from detector.config import AugmentConfig, DatasetConfig
-from detector.data.records import CategoryMap, DataError, DatasetReport, ImageRecord, raise_if_strict
+from detector.data.records import CategoryMap, DatasetReport, ImageRecord, raise_if_strict
 from detector.data.truncated import truncation
-from detector.errors import AugmentationError
+from detector.errors import AugmentationError, DataError
 
 DEFAULT_SYNTHETIC_ROOT = Path("~/.cache/detector/synthetic")
 

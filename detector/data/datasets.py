@@ -28,15 +28,12 @@ from typing import Callable
 
 from detector.data.converters import convert_bccd, convert_raccoon
 from detector.data.download import download, sha256_of
-from detector.data.records import DataError, image_size
+from detector.data.records import image_size
+from detector.errors import DataError, DatasetError
 
 DEFAULT_HOME = "~/.cache/detector/datasets"
 HOME_VARIABLE = "DETECTOR_DATA"
 MANIFEST = "installed.json"
-
-
-class DatasetError(DataError):
-    """A data set is unknown, not installed, or fails its checks; the message says what to run."""
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from detector.data.records import DataError
-
-
-class DownloadError(DataError):
-    """A download failed, stopped early or does not match its recorded checksum."""
+from detector.errors import DownloadError
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

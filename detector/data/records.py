@@ -15,11 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import DetectorError
-
-
-class DataError(DetectorError, ValueError):
-    """A dataset cannot be read; the message names the file (and line, annotation or image)."""
+from detector.errors import DataError
 
 
 @dataclass

@@ -23,13 +23,13 @@ from detector.data.paths import escapes_root
 from detector.data.records import (
     SKIPPED_IMAGE,
     CategoryMap,
-    DataError,
     DatasetReport,
     ImageRecord,
     check_image,
     make_record,
     read_text,
 )
+from detector.errors import DataError
 
 
 def read_voc(

@@ -24,13 +24,13 @@ from detector.data.records import (
     SKIPPED_ANNOTATION,
     SKIPPED_IMAGE,
     CategoryMap,
-    DataError,
     DatasetReport,
     ImageRecord,
     check_image,
     make_record,
     read_text,
 )
+from detector.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

@@ -7,16 +7,19 @@ import numpy as np
 import torch
 
 from detector.data import build_loader
+from detector.data.dataset import SkippedSample
 from detector.engine import distributed
 from detector.engine.evaluator import evaluate
 from detector.engine.plots import draw_detections, plot_pr_curves
+from detector.errors import DegenerateImageError
 
 
 @torch.no_grad()
 def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, workers: int = 0
                     ) -> tuple[list[dict | None], list]:
     """(detections for every record of `dataset`, in record order, in original image pixels,
-    the SkippedSamples whose image could not be decoded: their detections are None).
+    the SkippedSamples whose image could not be decoded or is too thin for the model's resize,
+    e.g. 1 x 2000 px: their detections are None).
 
     With several processes each predicts its share of the batches and rank 0 gathers them all
     (the others get None). The batches are the single-process ones (images [k*B, (k+1)*B)),
@@ -28,13 +31,15 @@ def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, w
     subset = dataset if len(mine) == len(dataset) else torch.utils.data.Subset(dataset, mine)
     loader = build_loader(subset, batch_size, train=False, workers=workers, seed=0, group_aspect_ratio=False, drop_last=False)
     predictions: dict[int, dict] = {}
+    refused: list[SkippedSample] = []
     for images, targets in loader:
         if not images:
             continue
-        outputs = model([image.to(device) for image in images])
-        for target, output in zip(targets, outputs):
-            predictions[int(target["image_id"])] = {k: v.cpu() for k, v in output.items()}
-    gathered = distributed.gather_to_main((predictions, loader.skipped))
+        for target, output in zip(targets, run_model(model, [image.to(device) for image in images], targets,
+                                                     dataset, refused)):
+            if output is not None:
+                predictions[int(target["image_id"])] = {k: v.cpu() for k, v in output.items()}
+    gathered = distributed.gather_to_main((predictions, loader.skipped + refused))
     if gathered is None:
         return None, []
     merged: list[dict | None] = [None] * len(dataset)
@@ -44,10 +49,33 @@ def predict_dataset(model, dataset, device: torch.device, batch_size: int = 2, w
     return merged, [sample for _, skipped in gathered for sample in skipped]
 
 
+def run_model(model, images: list[torch.Tensor], targets: list[dict], dataset, refused: list) -> list[dict | None]:
+    """`model(images)`; when the model refuses an image it cannot see (DegenerateImageError:
+    it would resize below one pixel on a side), each image runs alone, and each refused one is
+    named in `refused` (a SkippedSample) with None for its detections. The others' detections
+    do not depend on their batch, so they are the ones the batch would have given."""
+    try:
+        return model(images)
+    except DegenerateImageError:
+        pass
+    outputs = []
+    for image, target in zip(images, targets):
+        try:
+            outputs += model([image])
+        except DegenerateImageError as error:
+            index = int(target["image_id"])
+            record = dataset.records[index]
+            refused.append(SkippedSample(index, str(record.path), record.image_id,
+                                         str(error).removeprefix("image 0: ")))
+            outputs.append(None)
+    return outputs
+
+
 def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, workers: int = 0, draw: int = 0) -> dict:
     """COCO metrics of `model` on `dataset`; writes metrics/predictions/ground truth JSON, the
     per-class PR curves and `draw` images with predicted and true boxes into `out_dir`.
-    `metrics["skipped_images"]` lists the images that failed to decode (not scored).
+    `metrics["skipped_images"]` lists the images that failed to decode or that the model
+    refused (too thin to resize), each named; they are not scored.
     With several processes all of them predict, rank 0 scores and writes, all get the metrics."""
     predictions, skipped = predict_dataset(model, dataset, device, batch_size, workers)
     metrics = score_and_write(dataset, predictions, skipped, Path(out_dir), draw) if distributed.is_main() else None

@@ -33,11 +33,7 @@ from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_
 from detector.engine.evaluation import evaluate_model
 from detector.engine.hooks import LOSS_KEYS, Hook
 from detector.engine.optim import build_optimizer
-from detector.errors import DetectorError
-
-
-class NonFiniteLossError(DetectorError):
-    """A loss became NaN or infinite; the message names the iteration, the losses and the images."""
+from detector.errors import DetectorError, NonFiniteLossError
 
 
 class Trainer:

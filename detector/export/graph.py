@@ -28,13 +28,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
-from detector.export import ExportError
+from detector import ops
+from detector.errors import ExportError
+from detector.modeling.anchors import grid_anchors
 from detector.modeling.faster_rcnn import FasterRCNN
-from detector.modeling.roi_pooler import assign_levels
-from detector.modeling.rpn import RegionProposalNetwork
+from detector.modeling.geometry import MIN_BOX_SIZE, padded_size, resized_size
+from detector.modeling.rpn import RegionProposalNetwork, top_proposals_per_level
+from detector.modeling.transform import resize_boxes
 from detector.ops import SOFT_NMS_METHODS
+from detector.ops.soft_suppression import soft_nms_picks
 
 # Masked scores sit below every real one (probabilities are >= 0): NMS is told to skip them.
 MASKED = -1.0
@@ -98,29 +101,6 @@ def take(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, expanded)
 
 
-def clip_boxes(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
-    """ops.clip_boxes_to_image with the image size as tensors (same clamps, same result)."""
-    x = torch.minimum(boxes[..., 0::2].clamp(min=0), width.to(boxes.dtype))
-    y = torch.minimum(boxes[..., 1::2].clamp(min=0), height.to(boxes.dtype))
-    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
-
-
-def big_enough(boxes: Tensor, min_size: float) -> Tensor:
-    """ops.remove_small_boxes as a mask: width and height both >= min_size."""
-    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
-
-
-def pairwise_iou(box: Tensor, boxes: Tensor) -> Tensor:
-    """IoU of box [..., 1, 4] with boxes [..., N, 4] -> [..., N], in torchvision's box_iou order
-    of operations (so Soft-NMS decays by the same numbers as ops.box_iou)."""
-    area1 = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
-    area2 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    width = (torch.minimum(box[..., 2], boxes[..., 2]) - torch.maximum(box[..., 0], boxes[..., 0])).clamp(min=0)
-    height = (torch.minimum(box[..., 3], boxes[..., 3]) - torch.maximum(box[..., 1], boxes[..., 1])).clamp(min=0)
-    inter = width * height
-    return inter / (area1 + area2 - inter)
-
-
 class ExportableFasterRCNN(nn.Module):
     """`forward(images [B, 3, H, W] float 0..1) -> (boxes [B, D, 4], scores [B, D], labels [B, D],
     num_detections [B])` for a trained `FasterRCNN` in eval mode, sharing its modules (and so its
@@ -133,8 +113,8 @@ class ExportableFasterRCNN(nn.Module):
         if roi.nms_method not in ("hard", *SOFT_NMS_METHODS):
             raise ExportError(f"model.roi_heads.nms_method: {roi.nms_method!r} has no export; "
                               f"use hard, {', '.join(SOFT_NMS_METHODS)}")
-        # Padding to a multiple of every map's stride keeps the pooler's inferred scales at
-        # 1 / stride and the backbone's "same" paddings constant, as the graph assumes.
+        # Padding to a multiple of every map's stride keeps the backbone's "same" paddings and
+        # the anchor strides constant, as the graph assumes.
         largest_stride = max(stride for name, stride in zip(model.backbone.featmap_names, model.backbone.strides)
                              if name != "pool")  # the extra max-pooled level: its anchors use floor division as eager
         if model.transform.size_divisible % largest_stride:
@@ -147,12 +127,6 @@ class ExportableFasterRCNN(nn.Module):
         self.roi_heads = roi
         self.num_classes = model.num_classes
         self.detections_per_img = roi.detections_per_img
-        strides = dict(zip(model.backbone.featmap_names, model.backbone.strides))
-        self.pooled_maps = list(roi.box_roi_pool.featmap_names)
-        # RoIPooler infers each map's scale from its size; padding to size_divisible makes it 1 / stride.
-        self.pool_scales = [1.0 / strides[name] for name in self.pooled_maps]
-        self.register_buffer("image_mean", torch.tensor(model.transform.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(model.transform.image_std).view(1, 3, 1, 1), persistent=False)
         self.eval()  # inference only: the RPN's test-time top-n, and torch.onnx.export restores this mode
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -162,10 +136,7 @@ class ExportableFasterRCNN(nn.Module):
         proposals, proposal_valid = self.propose(batch, features, resized_height, resized_width)
         pooled_features = dict(zip(self.backbone.featmap_names, features))
         boxes, scores, labels = self.detect(pooled_features, proposals, proposal_valid, resized_height, resized_width)
-        # Back to input pixels: transform.resize_boxes' float32 ratios.
-        ratio_height = height.to(torch.float32) / resized_height.to(torch.float32)
-        ratio_width = width.to(torch.float32) / resized_width.to(torch.float32)
-        boxes = boxes * torch.stack((ratio_width, ratio_height, ratio_width, ratio_height))
+        boxes = resize_boxes(boxes, (resized_height, resized_width), (height, width))  # back to input pixels
         valid = labels > 0
         boxes = torch.where(valid[..., None], boxes, torch.zeros_like(boxes))
         scores = torch.where(valid, scores, torch.zeros_like(scores))
@@ -176,57 +147,24 @@ class ExportableFasterRCNN(nn.Module):
     def preprocess(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """DetectionTransform for a batch of one size: normalize, resize, pad; (batch, resized H, W)."""
         transform = self.transform
-        height, width = dim(images, 2).to(torch.float64), dim(images, 3).to(torch.float64)
-        # The eager scale is a Python float (double) and the size floor(side * scale): same here.
-        scale = torch.minimum(transform.min_size / torch.minimum(height, width),
-                              transform.max_size / torch.maximum(height, width))
-        resized_height = torch.floor(height * scale).to(torch.int64)
-        resized_width = torch.floor(width * scale).to(torch.int64)
-        normalized = (images - self.image_mean) / self.image_std
-        resized = F.interpolate(normalized, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
-        stride = transform.size_divisible
-        pad_height = (resized_height + stride - 1) // stride * stride - resized_height
-        pad_width = (resized_width + stride - 1) // stride * stride - resized_width
+        resized_height, resized_width = resized_size(dim(images, 2), dim(images, 3), transform.min_size, transform.max_size)
+        resized = F.interpolate(transform.normalize(images), size=(resized_height, resized_width), mode="bilinear",
+                                align_corners=False)
+        padded_height, padded_width = padded_size(resized_height, resized_width, transform.size_divisible)
+        pad_height, pad_width = padded_height - resized_height, padded_width - resized_width
         batch = F.pad(resized, (torch.zeros_like(pad_width), pad_width, torch.zeros_like(pad_height), pad_height))
         return batch, resized_height, resized_width
-
-    def anchors(self, batch: Tensor, feature: Tensor, cell_anchors: Tensor) -> Tensor:
-        """AnchorGenerator.forward for one map, with grid sizes and strides from tensors."""
-        grid_height, grid_width = dim(feature, 2), dim(feature, 3)
-        stride_y, stride_x = dim(batch, 2) // grid_height, dim(batch, 3) // grid_width
-        shifts_x = torch.arange(grid_width, dtype=torch.int32) * stride_x.to(torch.int32)
-        shifts_y = torch.arange(grid_height, dtype=torch.int32) * stride_y.to(torch.int32)
-        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-        shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-        base = cell_anchors.to(feature.dtype)
-        return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
     def propose(self, batch: Tensor, features: list[Tensor], height: Tensor, width: Tensor) -> tuple[Tensor, Tensor]:
         """RPN.forward + filter_proposals: proposals [B, P, 4] and a validity mask [B, P]
         (P: the most any image of the batch keeps, at most post_nms_top_n)."""
         rpn = self.rpn
         logits, deltas = rpn.head(features)
-        level_boxes, level_scores, level_ids = [], [], []
-        for level, (feature, level_logits, level_deltas, cell) in enumerate(
-                zip(features, logits, deltas, rpn.anchor_generator.cell_anchors)):
-            anchors = self.anchors(batch, feature, cell)
-            num_anchors = dim(level_logits, 1)
-            # rpn.flatten_predictions' (location, anchor) order, one map at a time.
-            level_logits = level_logits.view(dim(level_logits, 0), num_anchors, 1, dim(level_logits, 2),
-                                             dim(level_logits, 3)).permute(0, 3, 4, 1, 2).flatten(1)
-            level_deltas = level_deltas.view(dim(level_deltas, 0), num_anchors, 4, dim(level_deltas, 2),
-                                             dim(level_deltas, 3)).permute(0, 3, 4, 1, 2).flatten(1, 3)
-            top_logits, top = level_logits.topk(at_most(dim(level_logits, 1), rpn.pre_nms_top_n()), dim=1)
-            # Decoding only the top anchors gives the same boxes as decoding all, then picking.
-            top_deltas, top_anchors = take(level_deltas, top), anchors[top]
-            boxes = rpn.box_coder.decode(top_deltas.reshape(-1, 4), top_anchors.reshape(-1, 4))
-            level_boxes.append(boxes.view(dim(top, 0), dim(top, 1), 4))
-            level_scores.append(torch.sigmoid(top_logits))
-            level_ids.append(torch.full_like(top, level))
-        boxes = clip_boxes(torch.cat(level_boxes, dim=1), height, width)
-        scores, levels = torch.cat(level_scores, dim=1), torch.cat(level_ids, dim=1)
-        valid = big_enough(boxes, rpn.min_box_size) & (scores >= rpn.score_thresh)
+        anchors = [grid_anchors(cell, feature, (dim(batch, 2), dim(batch, 3)))
+                   for feature, cell in zip(features, rpn.anchor_generator.cell_anchors)]
+        boxes, scores, levels = top_proposals_per_level(logits, deltas, anchors, rpn.pre_nms_top_n(), rpn.box_coder)
+        boxes = ops.clip_boxes_to_image(boxes, (height, width))
+        valid = ops.big_enough(boxes, rpn.min_box_size) & (scores >= rpn.score_thresh)
         # NMS per map: map l's row holds the scores of its own boxes, every other box masked.
         num_levels = len(features)
         in_level = levels[:, None, :] == torch.arange(num_levels)[None, :, None]
@@ -239,22 +177,10 @@ class ExportableFasterRCNN(nn.Module):
         return take(boxes, top), top_scores > SKIP_BELOW
 
     def pool(self, features: dict[str, Tensor], proposals: Tensor) -> Tensor:
-        """RoIPooler.forward on proposals [B, P, 4] -> [B * P, C, S, S]."""
-        pooler = self.roi_heads.box_roi_pool
+        """The model's RoIPooler on proposals [B, P, 4] -> [B * P, C, S, S]."""
         boxes = proposals.reshape(-1, 4)
         image_index = torch.arange(dim(proposals, 0)).to(boxes.dtype)[:, None].expand(-1, dim(proposals, 1)).reshape(-1, 1)
-        rois = torch.cat((image_index, boxes), dim=1)
-        maps = [features[name] for name in self.pooled_maps]
-        if len(maps) == 1:
-            return roi_align(maps[0], rois, pooler.output_size, self.pool_scales[0], pooler.sampling_ratio)
-        k_min, k_max = int(-math.log2(self.pool_scales[0])), int(-math.log2(self.pool_scales[-1]))
-        levels = assign_levels(boxes, k_min, k_max)
-        pooled = maps[0].new_zeros((dim(rois, 0), maps[0].shape[1], *pooler.output_size))
-        for level, (feature, scale) in enumerate(zip(maps, self.pool_scales)):
-            in_level = torch.nonzero(levels == level).squeeze(1)
-            level_pooled = roi_align(feature, rois[in_level], pooler.output_size, scale, pooler.sampling_ratio)
-            pooled = pooled.index_put((in_level,), level_pooled)
-        return pooled
+        return self.roi_heads.box_roi_pool.pool_rois(features, torch.cat((image_index, boxes), dim=1))
 
     def detect(self, features: dict[str, Tensor], proposals: Tensor, proposal_valid: Tensor,
                height: Tensor, width: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -263,9 +189,9 @@ class ExportableFasterRCNN(nn.Module):
         class_logits, box_deltas = roi.box_predictor(roi.box_head(self.pool(features, proposals)))
         num_images, num_proposals, num_classes = dim(proposals, 0), dim(proposals, 1), self.num_classes
         boxes = roi.box_coder.decode(box_deltas, proposals.reshape(-1, 4))  # [B * P, K + 1, 4]
-        boxes = clip_boxes(boxes, height, width).view(num_images, num_proposals, num_classes + 1, 4)[:, :, 1:]
+        boxes = ops.clip_boxes_to_image(boxes, (height, width)).view(num_images, num_proposals, num_classes + 1, 4)[:, :, 1:]
         scores = F.softmax(class_logits, -1).view(num_images, num_proposals, num_classes + 1)[:, :, 1:]
-        valid = (scores > roi.score_thresh) & big_enough(boxes, 1e-2) & proposal_valid[:, :, None]
+        valid = (scores > roi.score_thresh) & ops.big_enough(boxes, MIN_BOX_SIZE) & proposal_valid[:, :, None]
         if roi.nms_method == "hard":
             return self.hard_nms(boxes, scores, valid)
         return self.soft_nms(boxes, scores, valid)
@@ -294,25 +220,9 @@ class ExportableFasterRCNN(nn.Module):
         soft_suppression.soft_nms's Algorithm 1 (unrolled), then the best D of each image."""
         roi, limit = self.roi_heads, self.detections_per_img
         boxes = boxes.transpose(1, 2)  # [B, K, P, 4]
-        current = scores.transpose(1, 2)  # [B, K, P]
-        alive = valid.transpose(1, 2) & (current >= roi.soft_nms_min_score)
-        positions = torch.arange(dim(current, 2))
-        minus_inf = torch.full_like(current, -math.inf)
-        picked, picked_scores = [], []
-        for _ in range(limit):  # soft_nms with max_kept = D: later picks can only rank below
-            candidates = torch.where(alive, current, minus_inf)
-            best = candidates.argmax(dim=2, keepdim=True)  # [B, K, 1]: the first of equal scores
-            picked.append(best)
-            picked_scores.append(candidates.gather(2, best))  # -inf: nothing was left
-            overlap = pairwise_iou(boxes.gather(2, best[..., None].expand(-1, -1, -1, 4)), boxes)
-            alive = alive & (positions != best)
-            if roi.nms_method == "gaussian":
-                current = current * torch.exp(-(overlap * overlap) / roi.soft_nms_sigma)
-            else:
-                current = current * torch.where(overlap > roi.nms_thresh, 1 - overlap, torch.ones_like(overlap))
-            alive = alive & (current >= roi.soft_nms_min_score)
-        picked = torch.cat(picked, dim=2)  # [B, K, D]
-        picked_scores = torch.cat(picked_scores, dim=2)
+        picked, picked_scores = soft_nms_picks(  # the eager model's Soft-NMS, all images and classes at once
+            boxes, scores.transpose(1, 2), valid.transpose(1, 2), limit, roi.nms_method, roi.soft_nms_sigma,
+            roi.nms_thresh, roi.soft_nms_min_score)
         num_images = dim(boxes, 0)
         picked_boxes = boxes.gather(2, picked[..., None].expand(-1, -1, -1, 4)).reshape(num_images, -1, 4)
         top_scores, top = picked_scores.reshape(num_images, -1).topk(limit, dim=1)  # [B, K * D] -> [B, D]

@@ -16,7 +16,6 @@ threshold and NMS settings, and the whole resolved config as JSON.
 """
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from detector.export import ExportError, require
+from detector.dependencies import require
+from detector.errors import ExportError
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
@@ -39,12 +39,12 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
                 overrides: Sequence[str] = (), example_batch: int = 2,
                 example_size: tuple[int, int] = (480, 640)) -> Path:
     """Export checkpoint `weights` to `out` (default: beside it, `.onnx`); returns the path.
-    `overrides` change test-time settings first, as `detector predict --set` does."""
+    `overrides` change test-time settings first, by the rule of every command (inference/overrides.py)."""
     onnx = require("onnx", "export", "ONNX export")
     from detector.engine.checkpoint import load_checkpoint
-    from detector.config import parse_override, set_dotted
-    from detector.engine.predictor import Predictor
     from detector.export.graph import ExportableFasterRCNN
+    from detector.inference.overrides import apply_test_time_overrides
+    from detector.inference.predictor import Predictor
 
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: RoiAlign's coordinate mode needs opset >= {MIN_OPSET}")
@@ -52,9 +52,7 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     out = Path(out) if out is not None else weights.with_suffix(".onnx")
     predictor = Predictor.from_checkpoint(weights, device="cpu", overrides=overrides)
     model = predictor.model.to(memory_format=torch.contiguous_format).eval()
-    config = copy.deepcopy(load_checkpoint(weights)["config"])
-    for override in overrides:
-        set_dotted(config, *parse_override(override))
+    config = apply_test_time_overrides(load_checkpoint(weights)["config"], overrides, weights)
 
     graph = ExportableFasterRCNN(model)
     example = torch.rand((example_batch, 3, *example_size), generator=torch.Generator().manual_seed(0))

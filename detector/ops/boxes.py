@@ -7,19 +7,27 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clamp boxes (..., 4) into an image of size (height, width)."""
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int] | tuple[Tensor, Tensor]) -> Tensor:
+    """Clamp boxes (..., 4) into an image of size (height, width): ints, or 0-d tensors when
+    traced for export (the same clamps, with the size a graph input instead of a constant)."""
     height, width = size
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
+    if isinstance(height, Tensor):
+        x = torch.minimum(boxes[..., 0::2].clamp(min=0), width.to(boxes.dtype))
+        y = torch.minimum(boxes[..., 1::2].clamp(min=0), height.to(boxes.dtype))
+    else:
+        x = boxes[..., 0::2].clamp(min=0, max=width)
+        y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def big_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """Mask of boxes (..., 4) whose width and height are both >= min_size."""
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of boxes whose width and height are both >= min_size."""
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    return torch.where((widths >= min_size) & (heights >= min_size))[0]
+    return torch.where(big_enough(boxes, min_size))[0]
 
 
 def _upcast(t: Tensor) -> Tensor:

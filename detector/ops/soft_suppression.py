@@ -39,8 +39,6 @@ def soft_nms(
     boxes picked later could only rank below them. Runs on the device of `boxes`, without a
     host synchronisation per pick.
     """
-    from detector.ops import box_iou  # the package's IoU (Triton on CUDA); here: ops imports this module
-
     if method not in METHODS:
         raise InputError(f"soft_nms: method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "gaussian" and not sigma > 0:
@@ -49,25 +47,48 @@ def soft_nms(
     picks = count if max_kept is None else min(count, max_kept)
     if picks == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
+    kept, kept_scores = soft_nms_picks(boxes, scores, torch.ones_like(scores, dtype=torch.bool), picks,
+                                       method, sigma, iou_threshold, min_score)
+    valid = kept_scores > -math.inf
+    return kept[valid], kept_scores[valid]
 
-    iou = box_iou(boxes, boxes)
-    current = scores.clone()
-    alive = current >= min_score
-    kept = torch.empty(picks, dtype=torch.int64, device=boxes.device)
-    kept_scores = scores.new_empty(picks)
-    for step in range(picks):
-        best = torch.where(alive, current, -math.inf).argmax()  # argmax: the first of equal scores
-        kept[step] = best
-        kept_scores[step] = torch.where(alive[best], current[best], -math.inf)  # -inf: nothing was left
-        alive[best] = False
-        overlap = iou[best]
+
+def soft_nms_picks(boxes: Tensor, scores: Tensor, alive: Tensor, picks: int, method: str, sigma: float,
+                   iou_threshold: float, min_score: float) -> tuple[Tensor, Tensor]:
+    """Algorithm 1 for `picks` steps over any leading dimensions, one independent problem each:
+    boxes [..., N, 4], scores and alive (a candidate mask) [..., N] -> (picked indices [..., picks],
+    their decayed scores, -inf where nothing was left). No shape is read as a Python number, so
+    the exported graph traces this same function over [images, classes, proposals]."""
+    current = scores
+    alive = alive & (current >= min_score)
+    positions = torch.ones_like(current, dtype=torch.int64).cumsum(-1) - 1
+    minus_inf = torch.full_like(current, -math.inf)
+    picked, picked_scores = [], []
+    for _ in range(picks):
+        candidates = torch.where(alive, current, minus_inf)
+        best = candidates.argmax(dim=-1, keepdim=True)  # argmax: the first of equal scores
+        picked.append(best)
+        picked_scores.append(candidates.gather(-1, best))  # -inf: nothing was left
+        best_box = boxes.gather(-2, best.unsqueeze(-1).expand(*([-1] * best.dim()), 4))
+        overlap = pairwise_iou(best_box, boxes)
+        alive = alive & (positions != best)
         if method == "gaussian":
             current = current * torch.exp(-(overlap * overlap) / sigma)
         else:
-            current = current * torch.where(overlap > iou_threshold, 1 - overlap, 1)
-        alive &= current >= min_score
-    valid = kept_scores > -math.inf
-    return kept[valid], kept_scores[valid]
+            current = current * torch.where(overlap > iou_threshold, 1 - overlap, torch.ones_like(overlap))
+        alive = alive & (current >= min_score)
+    return torch.cat(picked, dim=-1), torch.cat(picked_scores, dim=-1)
+
+
+def pairwise_iou(box: Tensor, boxes: Tensor) -> Tensor:
+    """IoU of box [..., 1, 4] with boxes [..., N, 4] -> [..., N], in torchvision's box_iou order
+    of operations (so the decays are the numbers ops.box_iou would give)."""
+    area1 = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
+    area2 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    width = (torch.minimum(box[..., 2], boxes[..., 2]) - torch.maximum(box[..., 0], boxes[..., 0])).clamp(min=0)
+    height = (torch.minimum(box[..., 3], boxes[..., 3]) - torch.maximum(box[..., 1], boxes[..., 1])).clamp(min=0)
+    inter = width * height
+    return inter / (area1 + area2 - inter)
 
 
 def batched_soft_nms(

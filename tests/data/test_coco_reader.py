@@ -6,8 +6,9 @@ import pytest
 from data_helpers import real_json, write_blank_images, write_coco, write_image
 
 from detector.config import DatasetConfig
-from detector.data import CategoryMap, DataError, load_dataset, read_coco
+from detector.data import CategoryMap, load_dataset, read_coco
 from detector.data.records import SKIPPED_ANNOTATION, SKIPPED_IMAGE
+from detector.errors import DataError
 
 
 def json_counts(path):

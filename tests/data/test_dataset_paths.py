@@ -7,9 +7,10 @@ import pytest
 from data_helpers import write_image
 from dataset_writers import write_dataset
 
-from detector.data import DataError, load_dataset, read_records
+from detector.data import load_dataset, read_records
 from detector.data.paths import escapes_root
 from detector.data.records import SKIPPED_IMAGE
+from detector.errors import DataError
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from detector.config import load_config
 from detector.config_checks import check_data_paths
 from detector.data import datasets
 from detector.data.converters import convert_bccd
-from detector.data.download import DownloadError, sha256_of
-from detector.errors import ConfigError
+from detector.data.download import sha256_of
+from detector.errors import ConfigError, DatasetError, DownloadError
 
 REPO = Path(__file__).resolve().parents[2]
 RACCOON = REAL_DATA / "raccoon"
@@ -84,7 +84,7 @@ def test_a_modified_local_copy_is_refused_and_nothing_is_installed(home, raccoon
     data["annotations"][0]["bbox"][0] += 1.0  # one box moved by a pixel
     (modified / "coco_train.json").write_text(json.dumps(data))
     expected = datasets.REGISTRY["raccoon"].annotations["coco_train.json"]
-    with pytest.raises(datasets.DatasetError, match=rf"modified/coco_train.json: SHA-256 [0-9a-f]{{64}} is not the recorded {expected}"):
+    with pytest.raises(DatasetError, match=rf"modified/coco_train.json: SHA-256 [0-9a-f]{{64}} is not the recorded {expected}"):
         datasets.get_dataset("raccoon", modified, log=lambda line: None)
     assert leftovers(home) == []
 
@@ -96,10 +96,10 @@ def test_a_missing_or_mis_sized_image_is_named(home, raccoon_copy, tmp_path):
             (broken / path.relative_to(raccoon_copy)).parent.mkdir(parents=True, exist_ok=True)
             (broken / path.relative_to(raccoon_copy)).write_bytes(path.read_bytes())
     (broken / "images" / "raccoon-1.jpg").unlink()
-    with pytest.raises(datasets.DatasetError, match=r"images/raccoon-1.jpg \(named in coco_train.json\) not found"):
+    with pytest.raises(DatasetError, match=r"images/raccoon-1.jpg \(named in coco_train.json\) not found"):
         datasets.get_dataset("raccoon", broken, log=lambda line: None)
     write_image(broken / "images" / "raccoon-1.jpg", 100, 80)  # the JSON says 512x328
-    with pytest.raises(datasets.DatasetError, match=r"raccoon-1.jpg: 100x80, annotated 512x328"):
+    with pytest.raises(DatasetError, match=r"raccoon-1.jpg: 100x80, annotated 512x328"):
         datasets.get_dataset("raccoon", broken, log=lambda line: None)
     assert leftovers(home) == []
 

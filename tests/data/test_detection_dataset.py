@@ -7,8 +7,9 @@ import torch
 from data_helpers import real_json, write_coco, write_image
 
 from detector.config import DatasetConfig
-from detector.data import DataError, DetectionDataset, ImageRecord, load_dataset, read_image
+from detector.data import DetectionDataset, ImageRecord, load_dataset, read_image
 from detector.data.records import CategoryMap, image_size
+from detector.errors import DataError
 
 CMAP = CategoryMap((1, 2), ("a", "b"))
 

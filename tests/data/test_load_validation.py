@@ -11,8 +11,9 @@ import torch
 from dataset_writers import FORMATS, write_dataset
 from PIL import Image
 
-from detector.data import DataError, load_dataset, read_records
+from detector.data import load_dataset, read_records
 from detector.data.records import DROPPED_BOX, SKIPPED_ANNOTATION, SKIPPED_IMAGE
+from detector.errors import DataError
 
 
 def where_of(fmt, name):

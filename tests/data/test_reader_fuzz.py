@@ -15,7 +15,8 @@ from data_helpers import write_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.data import CategoryMap, DataError, read_coco, read_voc, read_yolo
+from detector.data import CategoryMap, read_coco, read_voc, read_yolo
+from detector.errors import DataError
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

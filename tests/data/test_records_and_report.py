@@ -7,13 +7,12 @@ from detector.data.records import (
     CLIPPED,
     DROPPED_BOX,
     CategoryMap,
-    DataError,
     DatasetReport,
     ImageRecord,
     clean_boxes,
     raise_if_strict,
 )
-from detector.errors import DetectorError
+from detector.errors import DataError, DetectorError
 
 
 def test_category_map_round_trip_and_lookups():

@@ -5,7 +5,8 @@ import pytest
 from data_helpers import write_image
 
 from detector.config import DatasetConfig
-from detector.data import CategoryMap, DataError, load_dataset, read_voc
+from detector.data import CategoryMap, load_dataset, read_voc
+from detector.errors import DataError
 
 
 def voc_xml(filename, width, height, objects):

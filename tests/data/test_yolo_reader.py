@@ -5,8 +5,9 @@ import pytest
 from data_helpers import write_image
 
 from detector.config import DatasetConfig
-from detector.data import CategoryMap, DataError, load_dataset, read_yolo
+from detector.data import CategoryMap, load_dataset, read_yolo
 from detector.data.records import SKIPPED_ANNOTATION
+from detector.errors import DataError
 
 
 def make_yolo(root, names_file="classes.txt"):

@@ -3,7 +3,7 @@ process or not; with data.policy=strict it stops the run naming the file."""
 import pytest
 
 from detector.config import save_config
-from detector.data import DataError
+from detector.errors import DataError
 from detector.engine.trainer import Trainer
 
 from test_trainer import tiny_config

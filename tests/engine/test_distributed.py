@@ -11,7 +11,7 @@ import torch
 from detector.config import save_config
 from detector.data import build_loader
 from detector.engine.evaluation import evaluate_model
-from detector.engine.predictor import Predictor
+from detector.inference.predictor import Predictor
 from detector.engine.trainer import Accounting
 
 from test_trainer import tiny_config
@@ -124,7 +124,7 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch):
 
     launched = []
     monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.setattr(subprocess, "run", lambda command: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(subprocess, "run", lambda command, env: launched.append(command) or subprocess.CompletedProcess(command, 0))
     assert cli.main(["train", "configs/demo.yaml", "train.epochs=1", "--nproc", "2", "--resume"]) == 0
     assert launched == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                          "-m", "detector.cli", "train", "configs/demo.yaml", "train.epochs=1", "--resume"]]

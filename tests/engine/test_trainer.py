@@ -9,8 +9,9 @@ import torch
 from detector import load_config
 from detector.cli import main as cli
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.predictor import Predictor
-from detector.engine.trainer import Accounting, NonFiniteLossError, Trainer
+from detector.inference.predictor import Predictor
+from detector.engine.trainer import Accounting, Trainer
+from detector.errors import NonFiniteLossError
 
 
 def tiny_config(tmp_path, name="run", *extra):

@@ -2,7 +2,7 @@
 import pytest
 
 from detector.export.onnx import export_onnx
-from detector.export.runtime import OnnxPredictor
+from detector.inference.exported import OnnxPredictor
 from export_helpers import make_checkpoint
 
 

@@ -22,7 +22,7 @@ def test_export_command_prints_the_signature(lite0, tmp_path, capsys):
     assert printed[0].split() == ["input", "images", "float", "[batch,", "3,", "height,", "width]"]
     assert printed[1].split() == ["output", "boxes", "float", "[batch,", "20,", "4]"]
     assert printed[-1] == f"wrote {out}"
-    from detector.export.runtime import OnnxPredictor
+    from detector.inference.exported import OnnxPredictor
 
     strict = OnnxPredictor(out)
     assert json.loads(strict.metadata["score_thresh"]) == 0.3
@@ -116,3 +116,64 @@ def test_without_the_extra_installed_export_and_onnx_weights_fail_in_one_line(li
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].endswith('pip install "detector[export]"'), err
+
+
+def test_analyze_with_onnx_weights_gives_the_checkpoints_analysis(lite0, tmp_path):
+    """`analyze CONFIG --weights model.onnx` loads as eval does (it refused the file before)."""
+    checkpoint, onnx_path, *_ = lite0
+    make_synthetic_dataset(tmp_path / "synthetic", "val", num_images=4, seed=0)
+    config = tmp_path / "analyze.yaml"
+    config.write_text(f"model: {{num_classes: 4}}\ndata:\n  val: {{format: synthetic, root: {tmp_path / 'synthetic'}, "
+                      f"split: val, num_images: 4, seed: 0}}\ntrain: {{batch_size: 2, device: cpu}}\n")
+    results = {}
+    for weights in (checkpoint, onnx_path):
+        out = tmp_path / f"analysis{weights.suffix}"
+        assert main(["analyze", str(config), "--weights", str(weights), "--out", str(out)]) == 0
+        results[weights.suffix] = json.loads((out / "analysis.json").read_text())
+    assert results[".onnx"]["AP50"] == pytest.approx(results[".pt"]["AP50"], abs=0.002)
+    assert results[".onnx"].keys() == results[".pt"].keys()
+    assert results[".onnx"]["operating_point"]["per_class"].keys() == results[".pt"]["operating_point"]["per_class"].keys()
+
+
+def test_every_command_takes_the_backend_and_refuses_what_does_not_fit_in_one_line(lite0, tmp_path, capsys):
+    checkpoint, onnx_path, *_ = lite0
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), cv2.cvtColor(resized(photos()[1], (333, 517)), cv2.COLOR_RGB2BGR))
+    refused = {
+        (str(onnx_path), "--precision", "bf16"): "precision bf16: ONNX Runtime runs the file in f32; bf16 is an "
+                                                 "OpenVINO option (--backend openvino)",
+        (str(checkpoint), "--backend", "openvino"): f"--backend openvino: {checkpoint} is a PyTorch checkpoint",
+        (str(checkpoint), "--precision", "bf16"): f"--precision bf16: {checkpoint} is a PyTorch checkpoint",
+    }
+    for (weights, *option), message in refused.items():
+        assert main(["predict", "--weights", weights, str(image), "--out", str(tmp_path / "p"), *option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"detector predict: {message}"), err
+    for command in ("eval", "analyze", "predict", "serve"):
+        help_text = " ".join(main_help(command).split())
+        assert "--backend {onnxruntime,openvino}" in help_text and "--precision {f32,bf16}" in help_text, command
+    assert "keep detections scoring above this" in " ".join(main_help("predict").split())  # as the code keeps them
+
+
+def main_help(command: str) -> str:
+    from detector.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices[command].format_help()
+
+
+def test_predict_with_openvino_writes_what_onnx_runtime_writes(lite0, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install \"detector[openvino]\")")
+    _, onnx_path, *_ = lite0
+    cv2.imwrite(str(tmp_path / "cat.png"), cv2.cvtColor(resized(photos()[1], (333, 517)), cv2.COLOR_RGB2BGR))
+    written = {}
+    for backend in ("onnxruntime", "openvino"):
+        out = tmp_path / backend
+        assert main(["predict", "--weights", str(onnx_path), str(tmp_path / "cat.png"), "--out", str(out),
+                     "--backend", backend, "--precision", "f32"]) == 0
+        detections = json.loads((out / "predictions.json").read_text())["predictions"][0]["detections"]
+        written[backend] = {"boxes": np.array([d["bbox_xyxy"] for d in detections]).reshape(-1, 4),
+                            "scores": np.array([d["score"] for d in detections]),
+                            "labels": np.array([d["category_id"] for d in detections])}
+    assert len(written["openvino"]["scores"]) > 0
+    assert_same_detections(written["onnxruntime"], written["openvino"], "OpenVINO f32 vs ONNX Runtime")

@@ -9,7 +9,7 @@ import pytest
 from detector import load_config, torchvision_config
 from detector.config import config_from_dict, config_to_dict, set_dotted
 from detector.export.onnx import export_onnx
-from detector.export.runtime import OnnxPredictor
+from detector.inference.exported import OnnxPredictor
 from export_helpers import SMALL, as_tensor, assert_same_detections, eager_detections, make_checkpoint, photos, resized
 
 ROOT = Path(__file__).resolve().parents[2]

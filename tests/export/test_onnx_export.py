@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from detector.export.onnx import signature
-from detector.export.runtime import OnnxPredictor
+from detector.inference.exported import OnnxPredictor
 from export_helpers import CATEGORIES, as_tensor, assert_same_detections, eager_detections, photos, resized
 
 # (height, width), batch sizes run: the export was traced at batch 4 and 480x640.
@@ -77,7 +77,7 @@ def test_an_image_without_detections_in_a_batch_with_detections(lite0):
 
 
 def test_predictor_api_equals_the_checkpoint_predictor(lite0):
-    from detector.engine.predictor import Predictor
+    from detector.inference.predictor import Predictor
 
     checkpoint, onnx_path, predictor, _ = lite0
     images = [resized(photo, (333, 517)) for photo in photos()[:3]] + [photos()[1]]
@@ -94,7 +94,7 @@ def test_predictor_api_equals_the_checkpoint_predictor(lite0):
 
 def test_a_model_the_graph_cannot_represent_is_refused_naming_the_key():
     from detector import build_model, load_config
-    from detector.export import ExportError
+    from detector.errors import ExportError
     from detector.export.graph import ExportableFasterRCNN
 
     model = build_model(load_config(None, ["model.backbone.pretrained=false", "model.transform.size_divisible=8"]))

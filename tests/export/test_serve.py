@@ -96,7 +96,7 @@ def test_a_checkpoint_serves_the_same_detections_as_its_export(lite0):
     the detections of the export's server within the parity criterion."""
     from fastapi.testclient import TestClient
 
-    from detector.export import load_predictor
+    from detector.inference import load_predictor
     from detector.serve import create_app
     from export_helpers import assert_same_detections
 

@@ -9,7 +9,7 @@ import torch
 from detector import build_model, load_config
 from detector.errors import MissingDependencyError
 from detector.cli import main as cli
-from detector.engine.predictor import Predictor
+from detector.inference.predictor import Predictor
 from detector.modeling.compilation import compile_model
 
 

@@ -14,7 +14,7 @@ from detector.modeling.roi_pooler import RoIPooler, assign_levels
 
 def make_pair(num_classes: int = 3):
     torch.manual_seed(0)
-    ours = ROIHeads(RoIPooler(["0", "1"], 7, 2), TwoFCHead(8 * 49, 64), BoxPredictor(64, num_classes), batch_size_per_image=64)
+    ours = ROIHeads(RoIPooler(["0", "1"], [8, 16], 7, 2), TwoFCHead(8 * 49, 64), BoxPredictor(64, num_classes), batch_size_per_image=64)
     theirs = TorchvisionRoIHeads(
         MultiScaleRoIAlign(["0", "1"], 7, 2), TwoMLPHead(8 * 49, 64), FastRCNNPredictor(64, num_classes + 1),
         0.5, 0.5, 64, 0.25, None, 0.05, 0.5, 100,

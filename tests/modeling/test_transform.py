@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detector.config import IMAGENET_MEAN, IMAGENET_STD
+from detector.modeling.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from detector.modeling.transform import DetectionTransform
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detector import ops
+from detector.errors import BoxShapeError
 
 
 def reference_soft_nms(boxes: np.ndarray, scores: np.ndarray, method: str, sigma: float, nt: float, min_score: float):
@@ -110,5 +111,5 @@ def test_empty_inputs_and_bad_options():
         ops.soft_nms(torch.zeros((1, 4)), torch.ones(1), "hard")
     with pytest.raises(ValueError, match="sigma"):
         ops.soft_nms(torch.zeros((1, 4)), torch.ones(1), sigma=0.0)
-    with pytest.raises(ops.BoxShapeError, match="soft_nms"):
+    with pytest.raises(BoxShapeError, match="soft_nms"):
         ops.soft_nms(torch.zeros((2, 5)), torch.ones(2))

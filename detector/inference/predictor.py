@@ -1,35 +1,24 @@
-"""Inference from a checkpoint: images in, detections with the dataset's own category ids and
-names out. Batches images of different sizes (the model pads them)."""
+"""The eager predictor: a checkpoint of `detector train` run by PyTorch. Images in, detections
+with the dataset's own category ids and names out, whatever the sizes (the model groups them)."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from detector.config import config_from_dict, parse_override, set_dotted
-from detector.data.dataset import read_image  # noqa: F401 - the one image reader, also importable from here
+from detector.config import config_from_dict
 from detector.data.records import CategoryMap, DataError
 from detector.engine import allocator
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
-from detector.errors import CheckpointError, ConfigError, DetectorError
+from detector.errors import CheckpointError, DetectorError
+from detector.inference.categories import with_categories
+from detector.inference.overrides import apply_test_time_overrides
 from detector.modeling.compilation import compile_model
 from detector.modeling.faster_rcnn import build_model
-
-
-# What a trained model outputs can change without touching its weights: the resize and the
-# test-time proposal / detection settings. Everything else in `model` is fixed by the checkpoint.
-TEST_TIME_KEYS = (
-    "model.transform.min_size", "model.transform.max_size",
-    "model.rpn.pre_nms_top_n_test", "model.rpn.post_nms_top_n_test", "model.rpn.nms_thresh",
-    "model.rpn.score_thresh", "model.rpn.min_box_size",
-    "model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_img",
-    "model.roi_heads.nms_method", "model.roi_heads.soft_nms_sigma", "model.roi_heads.soft_nms_min_score",
-    "train.keep_freed_memory",  # not the model's, the process's (engine/allocator.py): off for a shared process
-)
+from detector.modeling.geometry import check_resizable
 
 
 class Predictor:
@@ -59,7 +48,8 @@ class Predictor:
         max_detections: int | None = None, overrides: Sequence[str] = (), compile: bool = False,
     ) -> "Predictor":
         """The model of checkpoint `path`, built from the config saved in it. `overrides`
-        ("model.roi_heads.nms_method=gaussian", ...) change test-time settings (TEST_TIME_KEYS)."""
+        ("model.roi_heads.nms_method=gaussian", ...) change test-time settings
+        (inference/overrides.py: TEST_TIME_KEYS)."""
         state = load_checkpoint(path)
         if "config" not in state or "categories" not in state:
             raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
@@ -67,13 +57,7 @@ class Predictor:
             categories = CategoryMap.from_dict(state["categories"])
         except DataError as error:
             raise CheckpointError(f"{path}: {error}") from None
-        saved = copy.deepcopy(state["config"])
-        for override in overrides:
-            key, value = parse_override(override)
-            if key not in TEST_TIME_KEYS:
-                raise ConfigError(f"{key}: fixed by the checkpoint {path} (its weights depend on it); "
-                                  f"what can change at test time: {', '.join(TEST_TIME_KEYS)}")
-            set_dotted(saved, key, value)
+        saved = apply_test_time_overrides(state["config"], overrides, path)
         config = config_from_dict(saved, source=f"{path} with {' '.join(overrides)}" if overrides else str(path))
         config.model.backbone.pretrained = False  # every weight comes from the checkpoint
         if score_thresh is not None:
@@ -91,6 +75,11 @@ class Predictor:
         return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last, compile,
                    config.train.keep_freed_memory)
 
+    def check_size(self, height: int, width: int, name: str) -> None:
+        """DegenerateImageError naming `name` when an image of height x width would resize below
+        one pixel on a side with this model's resize (model.transform.min_size / max_size)."""
+        check_resizable(height, width, self.model.transform.min_size, self.model.transform.max_size, name)
+
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], batch_size: int = 4) -> list[dict]:
         """Detections for RGB uint8 arrays [H, W, 3]: boxes xyxy in pixels, scores, labels (1..K),
@@ -103,13 +92,3 @@ class Predictor:
                 results.append(with_categories(output["boxes"].cpu().numpy(), output["scores"].cpu().numpy(),
                                                output["labels"].cpu().numpy(), self.category_ids, self.category_names))
         return results
-
-
-def with_categories(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, category_ids: Sequence[int],
-                    category_names: Sequence[str]) -> dict:
-    """One image's detections, as every predictor returns them: labels 1..K with the dataset's
-    own category ids and names beside them."""
-    labels = np.asarray(labels, dtype=np.int64)
-    return {"boxes": boxes, "scores": scores, "labels": labels,
-            "category_ids": [category_ids[label - 1] for label in labels.tolist()],
-            "names": [category_names[label - 1] for label in labels.tolist()]}

@@ -1,10 +1,10 @@
-"""Run a file of `detector export` behind the Predictor API: ONNX Runtime (CPU provider) or OpenVINO.
+"""The predictor of a file written by `detector export`, run by ONNX Runtime (CPU provider) or OpenVINO.
 
-`OnnxPredictor(path).predict(images)` returns what `engine.predictor.Predictor.predict` returns
-(boxes, scores, labels, category_ids, names per image), and `.model` answers the eager model's
-call contract (list of [3, H, W] tensors in 0..1 -> [{"boxes", "labels", "scores"}]), so
-`detector eval` scores an exported file with the same code as a checkpoint. The graph takes a
-batch of one size: images of equal size that follow each other share a run, others run apart.
+`OnnxPredictor(path).predict(images)` returns what the eager `Predictor.predict` returns (boxes,
+scores, labels, category_ids, names per image), and `.model` answers the eager model's call
+contract (list of [3, H, W] tensors in 0..1 -> [{"boxes", "labels", "scores"}]), so `detector
+eval` scores an exported file with the same code as a checkpoint. The graph takes a batch of one
+size: images of equal size that follow each other share a run, others run apart.
 """
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.engine.predictor import with_categories
-from detector.errors import CheckpointError
-from detector.export import ExportError, require
+from detector.choices import BACKENDS, PRECISIONS
+from detector.dependencies import require
+from detector.data.records import CategoryMap
+from detector.errors import CheckpointError, DataError, ExportError
+from detector.inference.categories import with_categories
+from detector.modeling.geometry import check_resizable
 
-BACKENDS = ("onnxruntime", "openvino")
+# OpenVINO picks bf16 on CPUs with AVX512_BF16 or AMX unless told otherwise, and then no longer
+# gives the checkpoint's detections; f32 is the default here, bf16 a choice (tools/bench_export.py).
+# The metadata an exported file must carry to be run (export/onnx.py writes them all).
+REQUIRED_METADATA = ("category_ids", "category_names", "score_thresh", "detections_per_img", "min_size", "max_size")
 
 
 class OnnxRuntimeRunner:
@@ -35,6 +41,7 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ORT raises its own exception types, all with one message
             raise CheckpointError(f"{path}: ONNX Runtime cannot load it: {' '.join(str(error).split())[:300]}") from None
+        self.precision = "f32"
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
@@ -42,14 +49,20 @@ class OnnxRuntimeRunner:
 
 
 class OpenVinoRunner:
-    """The same file compiled by OpenVINO for the CPU."""
+    """The same file compiled by OpenVINO for the CPU, at `precision` (f32 unless asked)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
+        if precision not in PRECISIONS:
+            raise ExportError(f"OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         ov = require("openvino", "openvino", f"Running {path.name} in OpenVINO")
         onnx = require("onnx", "export", f"Reading the metadata of {path.name}")
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        config = {"INFERENCE_PRECISION_HINT": precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
+        # What OpenVINO really runs at (it may refuse a hint the CPU cannot honour).
+        self.precision = self.model.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "bf16"
         self.metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
@@ -66,7 +79,8 @@ class OnnxPredictor:
     with `detector export --set KEY=VALUE`."""
 
     def __init__(self, path: str | Path, score_thresh: float | None = None, max_detections: int | None = None,
-                 overrides: Sequence[str] = (), backend: str = "onnxruntime", threads: int | None = None):
+                 overrides: Sequence[str] = (), backend: str = "onnxruntime", threads: int | None = None,
+                 precision: str = "f32"):
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file not found: {path}")
@@ -75,17 +89,20 @@ class OnnxPredictor:
                               "file; export again with `detector export --weights CHECKPOINT --set KEY=VALUE`")
         if backend not in BACKENDS:
             raise ExportError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        self.runner = (OnnxRuntimeRunner if backend == "onnxruntime" else OpenVinoRunner)(path, threads)
-        try:
-            meta = {key: json.loads(self.runner.metadata[key])
-                    for key in ("category_ids", "category_names", "score_thresh", "detections_per_img")}
-        except (KeyError, ValueError):
-            raise CheckpointError(f"{path}: no class mapping in its metadata; use a file written by `detector export`") from None
+        if backend == "onnxruntime":
+            if precision != "f32":
+                raise ExportError(f"precision {precision}: ONNX Runtime runs the file in f32; bf16 is an OpenVINO "
+                                  "option (--backend openvino)")
+            self.runner = OnnxRuntimeRunner(path, threads)
+        else:
+            self.runner = OpenVinoRunner(path, threads, precision)
+        meta = read_metadata(self.runner.metadata, path)
         self.path = path
-        self.category_ids = [int(i) for i in meta["category_ids"]]
-        self.category_names = [str(n) for n in meta["category_names"]]
+        self.backend = backend
+        self.category_ids, self.category_names = meta["category_ids"], meta["category_names"]
+        self.min_size, self.max_size = meta["min_size"], meta["max_size"]
         self.metadata = self.runner.metadata
-        graph_thresh, graph_max = float(meta["score_thresh"]), int(meta["detections_per_img"])
+        graph_thresh, graph_max = meta["score_thresh"], meta["detections_per_img"]
         if score_thresh is not None and score_thresh < graph_thresh:
             raise ExportError(f"score threshold {score_thresh}: {path} was exported with "
                               f"model.roi_heads.score_thresh={graph_thresh}; export again with a lower one")
@@ -96,6 +113,11 @@ class OnnxPredictor:
         self.max_detections = max_detections if max_detections is not None else graph_max
         self.device = torch.device("cpu")
         self.model = ExportedModel(self)
+
+    def check_size(self, height: int, width: int, name: str) -> None:
+        """DegenerateImageError naming `name` when an image of height x width would resize below
+        one pixel on a side with the file's resize (its metadata min_size / max_size)."""
+        check_resizable(height, width, self.min_size, self.max_size, name)
 
     def run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(boxes, scores, labels) of each image of a float32 [B, 3, H, W] batch in 0..1."""
@@ -111,7 +133,11 @@ class OnnxPredictor:
         return results
 
     def run_images(self, images: Sequence[np.ndarray], batch_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`run` over float32 [3, H, W] arrays: neighbours of equal size share a batch of <= batch_size."""
+        """`run` over float32 [3, H, W] arrays: neighbours of equal size share a batch of <= batch_size.
+        An image that would resize below one pixel a side is a DegenerateImageError naming
+        `image <index>`, before anything runs (as the eager model)."""
+        for index, image in enumerate(images):
+            self.check_size(int(image.shape[-2]), int(image.shape[-1]), f"image {index}")
         results, start = [], 0
         while start < len(images):
             end = start + 1
@@ -126,6 +152,42 @@ class OnnxPredictor:
         arrays = [np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1), dtype=np.float32) / 255 for image in images]
         return [with_categories(boxes, scores, labels, self.category_ids, self.category_names)
                 for boxes, scores, labels in self.run_images(arrays, batch_size)]
+
+
+def read_metadata(metadata: dict[str, str], path: Path) -> dict:
+    """The values `detector export` wrote into the file, checked: a missing or malformed one is
+    a CheckpointError naming the file and the key, not a crash at the first image."""
+    values = {}
+    for key in REQUIRED_METADATA:
+        if key not in metadata:
+            raise CheckpointError(f"{path}: no {key!r} in its metadata; use a file written by `detector export`")
+        try:
+            values[key] = json.loads(metadata[key])
+        except ValueError:
+            raise CheckpointError(f"{path}: metadata {key!r} is not JSON: {metadata[key][:80]!r}") from None
+    numbers = {"score_thresh": float, "detections_per_img": int, "min_size": int, "max_size": int}
+    for key, kind in numbers.items():
+        if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
+            raise CheckpointError(f"{path}: metadata {key!r} must be a number, got {values[key]!r}")
+        values[key] = kind(values[key])
+    ids, names = values["category_ids"], values["category_names"]
+    if (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{path}: metadata category_ids must be a list of integers and category_names a "
+                              f"list of strings, got {ids!r} and {names!r}")
+    try:
+        CategoryMap(tuple(ids), tuple(names))  # one name per id, no id twice
+    except DataError as error:
+        raise CheckpointError(f"{path}: metadata {error}") from None
+    try:
+        config = json.loads(metadata.get("config", "{}"))
+        classes = config.get("model", {}).get("num_classes") if isinstance(config, dict) else None
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"{path}: metadata 'config' is not the JSON config `detector export` writes") from None
+    if classes is not None and classes != len(ids):
+        raise CheckpointError(f"{path}: the graph predicts {classes} classes but its metadata maps {len(ids)} "
+                              "(labels beyond the mapping would have no category)")
+    return values
 
 
 class ExportedModel:

@@ -1,0 +1,19 @@
+"""Inference: everything between weights and detections, one path for every command.
+
+  loading.py     load_predictor: the backend chosen by the file (.pt eager, .onnx ONNX Runtime
+                 or, asked for, OpenVINO)
+  overrides.py   the test-time settings a command may change, one list and one rule
+  predictor.py   the eager (PyTorch) predictor of a checkpoint
+  exported.py    the predictor of an exported .onnx, on ONNX Runtime or OpenVINO
+  categories.py  labels 1..K -> the dataset's category ids and names; detections as JSON
+  sources.py     files, folders and globs -> the image and video files to predict
+  skipping.py    the skip-and-name policy: what a run skipped, why, and its exit code
+  writer.py      the output folder: annotated files, predictions.json, skipped.txt
+  runner.py      predict_sources: every source through a predictor into the output folder
+
+eval, analyze, predict, serve and export all load through `load_predictor` (or, for export,
+the eager predictor it builds) and apply test-time settings through overrides.py.
+"""
+from detector.inference.loading import load_predictor
+
+__all__ = ["load_predictor"]

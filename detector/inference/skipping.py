@@ -1,0 +1,40 @@
+"""The skip-and-name policy of a prediction run: a source that cannot be predicted (missing,
+empty, not an image, truncated, an unreadable video, a folder or glob with nothing in it, an
+image too thin to resize) is named with its reason and skipped, and the run goes on; with
+`strict` it stops the run instead. The exit code says which happened."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source left out of a prediction run, and why."""
+
+    source: str
+    reason: str
+
+    @classmethod
+    def because(cls, path: Path, error: Exception) -> "Skipped":
+        """The skip of `path` for `error`, whose message names the file already."""
+        return cls(str(path), str(error).removeprefix(f"{path}: "))
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass
+class PredictionRun:
+    """What a run did: the sources predicted and the ones skipped."""
+
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every source predicted; 1: some skipped; 2: none predicted."""
+        if not self.predicted:
+            return 2
+        return 1 if self.skipped else 0
