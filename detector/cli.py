@@ -351,8 +351,11 @@ def data_report(args) -> int:
     from detector.analysis.summary import format_data_report
 
     out = Path(args.out or Path("runs/data") / Path(args.config).stem)
-    print(format_data_report(write_data_report(load_config(args.config, args.overrides), out, args.config), out))
-    return 0
+    report = write_data_report(load_config(args.config, args.overrides), out, args.config)
+    print(format_data_report(report, out))
+    for problem in report["skipped_images"]:
+        print(f"WARNING: {problem}; left out of the report", file=sys.stderr)
+    return 1 if report["skipped_images"] else 0
 
 
 def analyze(args) -> int:

@@ -155,3 +155,17 @@ def test_detector_analyze_a_checkpoint(tmp_path, capsys):
     assert result["errors"] == error_breakdown(load_coco_files(out / "ground_truth.json", out / "predictions.json")).to_json()
     val_boxes = sum(len(json.loads((out / "ground_truth.json").read_text())["annotations"]) for _ in [0])
     assert sum(result["confusion_matrix"]["counts"][r][c] for r in range(4) for c in range(5)) == val_boxes
+
+
+def test_detector_data_names_a_skipped_image_and_exits_1(tmp_path, capsys):
+    """Exit 1 = done, some inputs skipped and named (README, Exit codes): `data` too."""
+    config = write_config(tmp_path, tiny(tmp_path))
+    assert main(["data", config, "--out", str(tmp_path / "data")]) == 0  # draws the synthetic set
+    missing = sorted((tmp_path / "synthetic" / "train" / "images").glob("*.jpg"))[0]
+    missing.write_bytes(b"not a jpeg")  # unreadable (a missing file would make the synthetic set redraw itself)
+    capsys.readouterr()
+    assert main(["data", config, "--out", str(tmp_path / "data")]) == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and missing.name in warnings[0], warnings
+    report = json.loads((tmp_path / "data" / "data_report.json").read_text())
+    assert len(report["skipped_images"]) == 1 and report["train"]["images"] == 5
