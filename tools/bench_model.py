@@ -37,6 +37,7 @@ from detector import build_model, load_config
 from detector.data.datasets import resolve_data_path
 from detector.engine.allocator import keep_freed_memory
 from detector.modeling.backbones.base import FrozenBatchNorm2d
+from detector.modeling.transform import DetectionTransform
 from detector.data import read_image
 from bench_kernels import _status_kib as status_kib  # the one /proc/self/status reader of the benchmarks
 
@@ -114,7 +115,7 @@ def box_difference(ours, theirs, images) -> tuple[bool, float]:
     pairs = []
     with torch.no_grad():
         for image in images:
-            if torchvision_size(theirs, image) == ours.transform.resize(image).shape[-2:]:
+            if resized_shape(theirs, image) == resized_shape(ours, image):
                 pairs.append((ours([image])[0], theirs([image])[0]))
     same = bool(pairs) and all(torch.equal(a["labels"], b["labels"]) for a, b in pairs)
     largest = max(((a["boxes"] - b["boxes"]).abs().max().item() for a, b in pairs
@@ -122,8 +123,11 @@ def box_difference(ours, theirs, images) -> tuple[bool, float]:
     return same, largest
 
 
-def torchvision_size(model, image) -> tuple[int, int]:
-    return tuple(model.transform.resize(image, None)[0].shape[-2:])
+def resized_shape(model, image) -> tuple[int, int]:
+    """The size `model`'s transform resizes `image` to (ours, or torchvision's)."""
+    resized = model.transform.resize(image) if isinstance(model.transform, DetectionTransform) else \
+        model.transform.resize(image, None)[0]
+    return tuple(resized.shape[-2:])
 
 
 def time_inference(model, images) -> float:

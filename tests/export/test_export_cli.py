@@ -67,12 +67,18 @@ def test_predict_with_onnx_weights_writes_what_the_checkpoint_writes(lite0, tmp_
         assert_same_detections(as_arrays(eager["detections"]), as_arrays(exported["detections"]), eager["file"])
 
 
+def synthetic_val_config(folder, batch_size: int):
+    """A config whose val set is 4 synthetic images of the checkpoint's 4 classes."""
+    make_synthetic_dataset(folder / "synthetic", "val", num_images=4, seed=0)
+    config = folder / "val.yaml"
+    config.write_text(f"model: {{num_classes: 4}}\ndata:\n  val: {{format: synthetic, root: {folder / 'synthetic'}, "
+                      f"split: val, num_images: 4, seed: 0}}\ntrain: {{batch_size: {batch_size}, device: cpu}}\n")
+    return config
+
+
 def test_eval_with_onnx_weights_gives_the_checkpoints_metrics(lite0, tmp_path):
     checkpoint, onnx_path, *_ = lite0
-    make_synthetic_dataset(tmp_path / "synthetic", "val", num_images=4, seed=0)
-    config = tmp_path / "eval.yaml"
-    config.write_text(f"model: {{num_classes: 4}}\ndata:\n  val: {{format: synthetic, root: {tmp_path / 'synthetic'}, "
-                      f"split: val, num_images: 4, seed: 0}}\ntrain: {{batch_size: 1, device: cpu}}\n")
+    config = synthetic_val_config(tmp_path, batch_size=1)
     metrics = {}
     for weights in (checkpoint, onnx_path):
         out = tmp_path / f"eval{weights.suffix}"
@@ -121,10 +127,7 @@ def test_without_the_extra_installed_export_and_onnx_weights_fail_in_one_line(li
 def test_analyze_with_onnx_weights_gives_the_checkpoints_analysis(lite0, tmp_path):
     """`analyze CONFIG --weights model.onnx` loads as eval does (it refused the file before)."""
     checkpoint, onnx_path, *_ = lite0
-    make_synthetic_dataset(tmp_path / "synthetic", "val", num_images=4, seed=0)
-    config = tmp_path / "analyze.yaml"
-    config.write_text(f"model: {{num_classes: 4}}\ndata:\n  val: {{format: synthetic, root: {tmp_path / 'synthetic'}, "
-                      f"split: val, num_images: 4, seed: 0}}\ntrain: {{batch_size: 2, device: cpu}}\n")
+    config = synthetic_val_config(tmp_path, batch_size=2)
     results = {}
     for weights in (checkpoint, onnx_path):
         out = tmp_path / f"analysis{weights.suffix}"
