@@ -25,7 +25,6 @@ import torch
 import detector
 from detector.config import Config, config_to_dict, save_config
 from detector.engine import distributed
-from detector.engine.builders import Accounting  # noqa: F401  (imported from here by its users)
 from detector.engine.builders import (build_accounting, build_datasets, build_model_for, build_step_scheduler,
                                       build_train_loader, check_training_config, default_hooks, learning_rate_for,
                                       setup_allocator, setup_process, setup_run_folder)

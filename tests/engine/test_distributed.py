@@ -12,7 +12,7 @@ from detector.config import save_config
 from detector.data import build_loader
 from detector.engine.evaluation import evaluate_model
 from detector.inference.predictor import Predictor
-from detector.engine.trainer import Accounting
+from detector.engine.builders import Accounting
 
 from test_trainer import tiny_config
 

@@ -10,7 +10,8 @@ from detector import load_config
 from detector.cli import main as cli
 from detector.engine.checkpoint import load_checkpoint
 from detector.inference.predictor import Predictor
-from detector.engine.trainer import Accounting, Trainer
+from detector.engine.builders import Accounting
+from detector.engine.trainer import Trainer
 from detector.errors import NonFiniteLossError
 
 

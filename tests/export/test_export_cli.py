@@ -76,14 +76,18 @@ def synthetic_val_config(folder, batch_size: int):
     return config
 
 
+def for_both_weights(lite0, folder, command: str, config, result_file: str) -> dict:
+    """`detector COMMAND CONFIG --weights W` for the checkpoint and its export: {".pt": json, ".onnx": json}."""
+    results = {}
+    for weights in lite0[:2]:
+        out = folder / f"{command}{weights.suffix}"
+        assert main([command, str(config), "--weights", str(weights), "--out", str(out)]) == 0
+        results[weights.suffix] = json.loads((out / result_file).read_text())
+    return results
+
+
 def test_eval_with_onnx_weights_gives_the_checkpoints_metrics(lite0, tmp_path):
-    checkpoint, onnx_path, *_ = lite0
-    config = synthetic_val_config(tmp_path, batch_size=1)
-    metrics = {}
-    for weights in (checkpoint, onnx_path):
-        out = tmp_path / f"eval{weights.suffix}"
-        assert main(["eval", str(config), "--weights", str(weights), "--out", str(out)]) == 0
-        metrics[weights.suffix] = json.loads((out / "metrics.json").read_text())
+    metrics = for_both_weights(lite0, tmp_path, "eval", synthetic_val_config(tmp_path, batch_size=1), "metrics.json")
     for key in ("AP", "AP50", "AP75", "AR100"):
         assert metrics[".onnx"][key] == pytest.approx(metrics[".pt"][key], abs=0.002), key
 
@@ -126,13 +130,7 @@ def test_without_the_extra_installed_export_and_onnx_weights_fail_in_one_line(li
 
 def test_analyze_with_onnx_weights_gives_the_checkpoints_analysis(lite0, tmp_path):
     """`analyze CONFIG --weights model.onnx` loads as eval does (it refused the file before)."""
-    checkpoint, onnx_path, *_ = lite0
-    config = synthetic_val_config(tmp_path, batch_size=2)
-    results = {}
-    for weights in (checkpoint, onnx_path):
-        out = tmp_path / f"analysis{weights.suffix}"
-        assert main(["analyze", str(config), "--weights", str(weights), "--out", str(out)]) == 0
-        results[weights.suffix] = json.loads((out / "analysis.json").read_text())
+    results = for_both_weights(lite0, tmp_path, "analyze", synthetic_val_config(tmp_path, batch_size=2), "analysis.json")
     assert results[".onnx"]["AP50"] == pytest.approx(results[".pt"]["AP50"], abs=0.002)
     assert results[".onnx"].keys() == results[".pt"].keys()
     assert results[".onnx"]["operating_point"]["per_class"].keys() == results[".pt"]["operating_point"]["per_class"].keys()
