@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from detector.config import config_from_dict
-from detector.data.records import CategoryMap, DataError
+from detector.data.records import CategoryMap
 from detector.engine import allocator
 from detector.engine.checkpoint import load_checkpoint, one_line
 from detector.engine.distributed import resolve_device
-from detector.errors import CheckpointError, DetectorError
+from detector.errors import CheckpointError, DataError
 from detector.inference.categories import with_categories
 from detector.inference.overrides import apply_test_time_overrides
 from detector.modeling.compilation import compile_model
@@ -52,7 +52,7 @@ class Predictor:
         (inference/overrides.py: TEST_TIME_KEYS)."""
         state = load_checkpoint(path)
         if "config" not in state or "categories" not in state:
-            raise DetectorError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
+            raise CheckpointError(f"{path}: holds no config or class mapping; use a checkpoint written by `detector train`")
         try:
             categories = CategoryMap.from_dict(state["categories"])
         except DataError as error:

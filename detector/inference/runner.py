@@ -15,11 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from detector.data.dataset import read_image
-from detector.data.records import DataError
 from detector.engine.plots import draw_boxes
-from detector.errors import DegenerateImageError
+from detector.errors import DataError, DegenerateImageError, SourceError
 from detector.inference.categories import boxes_scores_labels, to_json
-from detector.errors import SourceError
 from detector.inference.skipping import PredictionRun, Skipped
 from detector.inference.sources import find_sources, is_video
 from detector.inference.writer import OutputFolder
