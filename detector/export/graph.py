@@ -34,7 +34,7 @@ from detector.errors import ExportError
 from detector.modeling.anchors import grid_anchors
 from detector.modeling.faster_rcnn import FasterRCNN
 from detector.modeling.geometry import MIN_BOX_SIZE, padded_size, resized_size
-from detector.modeling.rpn import RegionProposalNetwork, top_proposals_per_level
+from detector.modeling.rpn import RegionProposalNetwork, flatten_predictions, top_proposals_per_level
 from detector.modeling.transform import resize_boxes
 from detector.ops import SOFT_NMS_METHODS
 from detector.ops.soft_suppression import soft_nms_picks
@@ -162,7 +162,11 @@ class ExportableFasterRCNN(nn.Module):
         logits, deltas = rpn.head(features)
         anchors = [grid_anchors(cell, feature, (dim(batch, 2), dim(batch, 3)))
                    for feature, cell in zip(features, rpn.anchor_generator.cell_anchors)]
-        boxes, scores, levels = top_proposals_per_level(logits, deltas, anchors, rpn.pre_nms_top_n(), rpn.box_coder)
+        # One map at a time: a split of the flattened maps would freeze their sizes into the graph.
+        flat = [flatten_predictions([level_logits], [level_deltas]) for level_logits, level_deltas in zip(logits, deltas)]
+        boxes, scores, levels = top_proposals_per_level([objectness.flatten(1) for objectness, _ in flat],
+                                                        [level_deltas for _, level_deltas in flat], anchors,
+                                                        rpn.pre_nms_top_n(), rpn.box_coder)
         boxes = ops.clip_boxes_to_image(boxes, (height, width))
         valid = ops.big_enough(boxes, rpn.min_box_size) & (scores >= rpn.score_thresh)
         # NMS per map: map l's row holds the scores of its own boxes, every other box masked.

@@ -22,8 +22,6 @@ from detector.errors import CheckpointError, DataError, ExportError
 from detector.inference.categories import with_categories
 from detector.modeling.geometry import check_resizable
 
-# OpenVINO picks bf16 on CPUs with AVX512_BF16 or AMX unless told otherwise, and then no longer
-# gives the checkpoint's detections; f32 is the default here, bf16 a choice (tools/bench_export.py).
 # The metadata an exported file must carry to be run (export/onnx.py writes them all).
 REQUIRED_METADATA = ("category_ids", "category_names", "score_thresh", "detections_per_img", "min_size", "max_size")
 
@@ -57,6 +55,8 @@ class OpenVinoRunner:
         ov = require("openvino", "openvino", f"Running {path.name} in OpenVINO")
         onnx = require("onnx", "export", f"Reading the metadata of {path.name}")
         core = ov.Core()
+        # OpenVINO picks bf16 on CPUs with AVX512_BF16 or AMX unless told otherwise, and then no longer
+        # gives the checkpoint's detections; f32 is the default here, bf16 a choice (tools/bench_export.py).
         config = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

@@ -9,6 +9,8 @@ level, top-n per image.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,13 +117,15 @@ class RegionProposalNetwork(nn.Module):
         logits, deltas = self.head(feature_maps)
         anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), feature_maps)
         anchors_per_level = [lvl.shape[1] * lvl.shape[2] * lvl.shape[3] for lvl in logits]
-        boxes = self.filter_proposals(anchors, [x.detach() for x in logits], [x.detach() for x in deltas],
-                                      images.image_sizes, anchors_per_level)
+        objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
+        num_images = objectness.shape[0]
+        # Proposals from the predictions of each map (detached: no gradient flows through them).
+        boxes = self.filter_proposals(anchors, objectness.detach().view(num_images, -1).split(anchors_per_level, dim=1),
+                                      pred_deltas.detach().split(anchors_per_level, dim=1), images.image_sizes,
+                                      anchors_per_level)
 
         losses = {}
         if self.training:
-            objectness, pred_deltas = flatten_predictions(logits, deltas)  # [N, A, 1], [N, A, 4]
-            num_images = objectness.shape[0]
             if targets is None:
                 raise TargetError("the RPN needs targets in training mode")
             labels, regression_targets = self.label_anchors(anchors, targets)
@@ -168,13 +172,14 @@ class RegionProposalNetwork(nn.Module):
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
 
     def filter_proposals(
-        self, anchors: Tensor, logits: list[Tensor], deltas: list[Tensor], image_sizes: list[tuple[int, int]],
+        self, anchors: Tensor, objectness: Sequence[Tensor], deltas: Sequence[Tensor], image_sizes: list[tuple[int, int]],
         anchors_per_level: list[int],
     ) -> list[Tensor]:
         """Top-n per level by objectness, decode (only those: the rest would be thrown away), clip,
-        drop tiny and low-score boxes, NMS per level, top-n."""
+        drop tiny and low-score boxes, NMS per level, top-n. `objectness` [N, A_l] and `deltas`
+        [N, A_l, 4]: one of each per map, in anchor order."""
         proposals, scores, levels = top_proposals_per_level(
-            logits, deltas, list(anchors.split(anchors_per_level)), self.pre_nms_top_n(), self.box_coder)
+            objectness, deltas, anchors.split(anchors_per_level), self.pre_nms_top_n(), self.box_coder)
         kept_boxes = []
         for boxes, image_scores, image_levels, image_size in zip(proposals, scores, levels, image_sizes):
             boxes = ops.clip_boxes_to_image(boxes, image_size)
@@ -187,19 +192,19 @@ class RegionProposalNetwork(nn.Module):
         return kept_boxes
 
 
-def top_proposals_per_level(logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], top_n: int,
-                            box_coder: BoxCoder) -> tuple[Tensor, Tensor, Tensor]:
+def top_proposals_per_level(objectness: Sequence[Tensor], deltas: Sequence[Tensor], anchors: Sequence[Tensor],
+                            top_n: int, box_coder: BoxCoder) -> tuple[Tensor, Tensor, Tensor]:
     """Per map, its `top_n` anchors by objectness (all when it has fewer), decoded: boxes
     [B, N, 4], objectness probabilities [B, N] and the map of each [B, N], maps in order.
-    Decoding only the top anchors gives the same boxes as decoding all, then picking. No shape
-    is read as a Python number, so the exported graph traces this same function."""
+    `objectness` [B, A_l] logits, `deltas` [B, A_l, 4] and `anchors` [A_l, 4], one per map in
+    anchor order (flatten_predictions). Decoding only the top anchors gives the same boxes as
+    decoding all, then picking. No shape is read as a Python number, so the exported graph
+    traces this same function."""
     boxes, scores, levels = [], [], []
-    for level, (level_logits, level_deltas, level_anchors) in enumerate(zip(logits, deltas, anchors)):
-        flat_logits, flat_deltas = flatten_predictions([level_logits], [level_deltas])
-        flat_logits = flat_logits.flatten(1)  # [B, H * W * A]
-        count = torch.clamp(torch._shape_as_tensor(flat_logits)[1], max=top_n)
-        top_logits, top = flat_logits.topk(count, dim=1)
-        top_deltas = flat_deltas.gather(1, top[..., None].expand(-1, -1, 4))
+    for level, (level_logits, level_deltas, level_anchors) in enumerate(zip(objectness, deltas, anchors)):
+        count = torch.clamp(torch._shape_as_tensor(level_logits)[1], max=top_n)
+        top_logits, top = level_logits.topk(count, dim=1)
+        top_deltas = level_deltas.gather(1, top[..., None].expand(-1, -1, 4))
         decoded = box_coder.decode(top_deltas.reshape(-1, 4), level_anchors[top].reshape(-1, 4))
         boxes.append(decoded.view_as(top_deltas))
         scores.append(torch.sigmoid(top_logits))
