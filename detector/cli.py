@@ -43,6 +43,12 @@ EXIT_STATUS_HELP = ("Exit status (every command): 0 done; 1 done, some inputs sk
                     "naming the file that holds its traceback; 130 interrupted.")
 
 
+def add_settings(parser: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE (repeatable): a test-time setting, the same as a bare key=value override."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help=f"{help} (repeatable)")
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """--backend and --precision: how a command runs an exported .onnx (inference/loading.py)."""
     from detector.choices import BACKENDS, PRECISIONS
@@ -99,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder for annotated images/videos, predictions.json and skipped.txt")
     predict.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring above this")
     predict.add_argument("--max-detections", type=int, default=None, help="at most this many detections per image")
-    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                         help="a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard (repeatable)")
+    add_settings(predict, "a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard")
     predict.add_argument("--strict", action="store_true",
                          help="stop at the first source that cannot be read (exit 2) instead of skipping it")
     predict.add_argument("--device", default="auto")
@@ -112,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", required=True, help="checkpoint written by `detector train`")
     export.add_argument("--out", default=None, help="the .onnx file to write (default: beside the weights)")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= {MIN_OPSET})")
-    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                        help="a test-time setting baked into the file, e.g. --set model.roi_heads.score_thresh=0.3 (repeatable)")
+    add_settings(export, "a test-time setting baked into the file, e.g. --set model.roi_heads.score_thresh=0.3")
 
     serve = commands.add_parser("serve", help="HTTP server: POST /predict an image, get the detections as JSON")
     add_overrides(serve, "test-time settings of the model, as --set, e.g. model.roi_heads.score_thresh=0.3")
@@ -122,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="auto")
     serve.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger uploads are refused (413)")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                       help="a test-time setting of the model, e.g. --set model.roi_heads.score_thresh=0.3 (repeatable)")
+    add_settings(serve, "a test-time setting of the model, e.g. --set model.roi_heads.score_thresh=0.3")
     add_backend_options(serve)
 
     model = commands.add_parser("model", help="describe the model a config builds")
@@ -192,21 +195,11 @@ def train(args) -> int:
         shutdown()
     if main and metrics and metrics["AP"] is not None:
         print(f"val AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
-    skipped = skipped_in_training(trainer, metrics)
+    skipped = trainer.count_skipped_images(metrics)
     if skipped:
         print(f"{skipped} image(s) skipped, each named in {trainer.run_dir / 'train.log'}"
               f"{' (this process)' if not main else ''}", file=sys.stderr)
     return 1 if skipped else 0
-
-
-def skipped_in_training(trainer, metrics: dict) -> int:
-    """Images this process left out: unreadable at load time (train and val sets), while
-    training (the loader's skipped samples, each once) and at the last evaluation."""
-    from detector.data.records import SKIPPED_IMAGE
-
-    at_load = sum(dataset.report.count(SKIPPED_IMAGE) for dataset in (trainer.train_set, trainer.val_set)
-                  if dataset is not None and dataset.report is not None)
-    return at_load + len({str(sample) for sample in trainer.loader.skipped}) + len(metrics.get("skipped_images", []))
 
 
 def launch_torchrun(args) -> int:
@@ -236,7 +229,6 @@ def evaluate(args) -> int:
     from detector import load_config
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
-    from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
     from detector.inference import load_predictor
     from detector.inference.overrides import select_test_time_overrides
@@ -259,7 +251,7 @@ def evaluate(args) -> int:
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=config.train.num_val_images_drawn)
     # Images the reader skipped at load time (missing, truncated, ...) and those that failed to decode.
-    skipped = [str(p) for p in dataset.report.problems if p.kind == SKIPPED_IMAGE] + metrics["skipped_images"]
+    skipped = [str(p) for p in dataset.report.skipped_images] + metrics["skipped_images"]
     for sample in skipped:
         print(f"WARNING: {sample}; left out of the metrics", file=sys.stderr)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):

@@ -67,7 +67,6 @@ def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None =
     "skipped_images" names the val images left out (unreadable, or too thin to resize)."""
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
-    from detector.data.records import SKIPPED_IMAGE
     from detector.engine.evaluation import evaluate_model
     from detector.errors import ConfigError
     from detector.inference import load_predictor
@@ -82,6 +81,6 @@ def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None =
     out_dir = Path(out_dir) if out_dir else Path(config.output) / "eval" / "analysis"
     metrics = evaluate_model(predictor.model, dataset, predictor.device, out_dir, batch_size=config.train.batch_size,
                              workers=config.data.workers, draw=0)
-    skipped = [str(p) for p in dataset.report.problems if p.kind == SKIPPED_IMAGE] + metrics["skipped_images"]
+    skipped = [str(p) for p in dataset.report.skipped_images] + metrics["skipped_images"]
     result = analyze_files(out_dir / "ground_truth.json", out_dir / "predictions.json", out_dir, **options)
     return {**result, "skipped_images": skipped}

@@ -17,7 +17,6 @@ import numpy as np
 
 from detector.analysis.anchor_fit import AnchorFit, ModelGeometry, anchor_fit, boxes_in_model_pixels, size_class
 from detector.config import Config
-from detector.data.records import SKIPPED_IMAGE
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -95,7 +94,7 @@ def write_data_report(config: Config, out_dir: str | Path, config_name: str = "c
     report["source"] = {"config": config_name, "train": train.summary(), "val": val.summary() if val else None}
     # Images the readers left out (missing, unreadable, ...): `detector data` names them and exits 1.
     report["skipped_images"] = [str(problem) for dataset in (train, val) if dataset is not None
-                                for problem in dataset.report.problems if problem.kind == SKIPPED_IMAGE]
+                                for problem in dataset.report.skipped_images]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")

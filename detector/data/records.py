@@ -151,6 +151,11 @@ class DatasetReport:
         return sum(p.kind == kind for p in self.problems)
 
     @property
+    def skipped_images(self) -> list[Problem]:
+        """The images left out (missing, unreadable, ...), each a Problem naming the file."""
+        return [p for p in self.problems if p.kind == SKIPPED_IMAGE]
+
+    @property
     def data_lost(self) -> list[Problem]:
         """Problems that lost a box, an annotation or an image (everything but clipping)."""
         return [p for p in self.problems if p.kind != CLIPPED]

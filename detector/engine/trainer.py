@@ -256,6 +256,14 @@ class Trainer:
                 self.log.warning(f"iteration {self.iteration + 1}: {sample}")
                 listing.write(f"epoch {self.epoch + 1} iteration {self.iteration + 1}: {sample}\n")
 
+    def count_skipped_images(self, metrics: dict) -> int:
+        """Images this process left out: unreadable at load time (train and val sets), while
+        training (the loader's skipped samples, each once) and at the last evaluation (`metrics`
+        of `fit`). `detector train` exits 1 when there are any."""
+        at_load = sum(len(dataset.report.skipped_images) for dataset in (self.train_set, self.val_set)
+                      if dataset is not None and dataset.report is not None)
+        return at_load + len({str(sample) for sample in self.loader.skipped}) + len(metrics.get("skipped_images", []))
+
     def base_lr(self) -> float:
         """The current learning rate of the new layers (the backbone's is this x backbone_lr_mult)."""
         return next(g["lr"] for g in self.optimizer.param_groups if not g["name"].startswith("backbone"))
