@@ -44,7 +44,11 @@ def run(command: str, function: Callable[[], int | None]) -> int:
         print(f"detector {command}: {describe_os_error(error)}", file=sys.stderr)
         status = ERROR
     except Exception as error:  # noqa: BLE001 - anything else is a bug: say where its traceback is
-        print(f"detector {command}: {describe_internal_error(command, error)}", file=sys.stderr)
+        first = failed_worker()
+        if first is None:
+            print(f"detector {command}: {describe_internal_error(command, error)}", file=sys.stderr)
+        else:  # most often the lost connection to that process: its own message and traceback say why
+            print(f"detector {command}: stopped after process {first} failed ({type(error).__name__})", file=sys.stderr)
         status = INTERNAL_ERROR
     return report_to_launcher(status)
 
@@ -91,6 +95,19 @@ def write_traceback(command: str, error: BaseException, folder: str | Path | Non
                    f"{platform.platform()}\n\n")
         file.write("".join(traceback.format_exception(error)))
     return Path(name)
+
+
+def failed_worker() -> str | None:
+    """In a process of `train --nproc`, the rank of another process that has already reported a
+    failure (this process's own error is then most often a consequence), else None."""
+    folder, rank = os.environ.get(WORKER_STATUS_DIR), os.environ.get("RANK")
+    if folder is None or rank is None:
+        return None
+    for path in sorted(Path(folder).glob("rank*")):
+        other = path.name[len("rank"):]
+        if other != rank and int(path.read_text().split()[0]) not in (DONE, SKIPPED):
+            return other
+    return None
 
 
 def report_to_launcher(status: int) -> int:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -265,6 +266,29 @@ def test_a_worker_reports_its_status_and_leaves_1_as_0_for_torchrun(tmp_path, mo
     assert (tmp_path / "rank1").read_text().split()[0] == "1"
     assert exit_status.run("train", lambda: 2) == 2
     assert (tmp_path / "rank1").read_text().split()[0] == "2"
+
+
+def test_a_process_that_fails_after_another_one_failed_writes_no_second_traceback(tmp_path, monkeypatch, capsys):
+    """Its error is most often the lost connection to the process that failed first (whose own
+    line and traceback file say why), so it only says that it stopped after it."""
+    from detector import exit_status
+
+    monkeypatch.setenv(exit_status.WORKER_STATUS_DIR, str(tmp_path / "statuses"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read afresh
+    (tmp_path / "statuses").mkdir()
+    (tmp_path / "statuses" / "rank1").write_text("3 1.0\n")
+    monkeypatch.setenv("RANK", "0")
+
+    def lost_peer():
+        raise RuntimeError("Connection closed by peer")
+
+    assert exit_status.run("train", lost_peer) == 3
+    assert capsys.readouterr().err.strip() == "detector train: stopped after process 1 failed (RuntimeError)"
+    assert not list(tmp_path.glob("detector-train-*-traceback.txt"))
+    (tmp_path / "statuses" / "rank1").write_text("1 1.0\n")  # it only skipped inputs: this error is our own
+    assert exit_status.run("train", lost_peer) == 3
+    assert len(list(tmp_path.glob("detector-train-*-traceback.txt"))) == 1
 
 
 def launch(files, tmp_path, *argv, env=None):
