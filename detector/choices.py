@@ -13,6 +13,7 @@ NMS_METHODS = ("hard", *SOFT_NMS_METHODS)
 DATA_FORMATS = ("coco", "voc", "yolo", "synthetic")
 DATA_POLICIES = ("skip", "strict")
 DATA_CACHES = ("ram",)
+SYNTHETIC_SCENES = ("shapes", "large")  # data/synthetic.py: the demo's scenes, and large ones with small objects
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("multistep", "step", "cosine", "constant")
 SCHEDULE_STEPS = ("iter", "epoch")
@@ -21,6 +22,10 @@ NON_FINITE_POLICIES = ("stop", "rollback")
 # which precision OpenVINO computes: f32 unless asked (ONNX Runtime runs f32 only).
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("f32", "bf16")
+
+# The smallest side of a tile (inference.slice.size) or a training crop (data.tiles.size): two cells
+# of the coarsest feature map (stride 32), so a tile never reaches the model as a degenerate image.
+MIN_TILE_SIZE = 64
 
 
 def spell(choices: tuple[str, ...]) -> str:

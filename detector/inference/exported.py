@@ -102,6 +102,7 @@ class OnnxPredictor:
         self.category_ids, self.category_names = meta["category_ids"], meta["category_names"]
         self.min_size, self.max_size = meta["min_size"], meta["max_size"]
         self.metadata = self.runner.metadata
+        self.saved_config = meta["config"]  # the config of the exported checkpoint ({} in older files)
         graph_thresh, graph_max = meta["score_thresh"], meta["detections_per_img"]
         if score_thresh is not None and score_thresh < graph_thresh:
             raise ExportError(f"score threshold {score_thresh}: {path} was exported with "
@@ -181,9 +182,12 @@ def read_metadata(metadata: dict[str, str], path: Path) -> dict:
         raise CheckpointError(f"{path}: metadata {error}") from None
     try:
         config = json.loads(metadata.get("config", "{}"))
-        classes = config.get("model", {}).get("num_classes") if isinstance(config, dict) else None
+        if not isinstance(config, dict):
+            raise ValueError(config)
+        classes = config.get("model", {}).get("num_classes")
     except (ValueError, AttributeError):
         raise CheckpointError(f"{path}: metadata 'config' is not the JSON config `detector export` writes") from None
+    values["config"] = config
     if classes is not None and classes != len(ids):
         raise CheckpointError(f"{path}: the graph predicts {classes} classes but its metadata maps {len(ids)} "
                               "(labels beyond the mapping would have no category)")

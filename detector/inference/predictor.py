@@ -41,6 +41,7 @@ class Predictor:
         self.category_ids = list(category_ids)
         self.category_names = list(category_names)
         self.device = device
+        self.saved_config: dict = {}  # the config the model was built from (from_checkpoint: the checkpoint's)
 
     @classmethod
     def from_checkpoint(
@@ -72,8 +73,10 @@ class Predictor:
             more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
             raise CheckpointError(f"{path}: its weights do not fit the model its config builds: "
                                   f"{details[0] if details else one_line(str(error))}{more}") from None
-        return cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last, compile,
-                   config.train.keep_freed_memory)
+        predictor = cls(model, categories.ids, categories.names, resolve_device(device), config.train.channels_last,
+                        compile, config.train.keep_freed_memory)
+        predictor.saved_config = saved
+        return predictor
 
     def check_size(self, height: int, width: int, name: str) -> None:
         """DegenerateImageError naming `name` when an image of height x width would resize below
