@@ -26,7 +26,11 @@ from pathlib import Path
 
 import cv2
 
+from detector.data.image_header import read_image_header
+from detector.data.paths import contained_path
 from detector.errors import DataError
+
+MAX_SOURCE_PIXELS = 50_000_000  # the originals are phone and microscope photos; a bigger one is a bomb
 
 MAX_SIDE = 512
 DOWNSCALE_NOTE = "images resized so max side <= 512 (no upscaling), boxes scaled, segmentation dropped"
@@ -43,7 +47,9 @@ def coco_box(xmin: float, ymin: float, xmax: float, ymax: float, scale: float) -
 
 def write_image(source: Path, target: Path, width: int, height: int) -> None:
     """Copy `source` to `target` at width x height: the same bytes when it already has that size,
-    else resized (INTER_AREA) and saved as JPEG quality 95."""
+    else resized (INTER_AREA) and saved as JPEG quality 95. The source's header is checked
+    first (image_header.py): a decompression bomb in an archive is refused, not decoded."""
+    read_image_header(source, str(source), MAX_SOURCE_PIXELS)
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{source}: not a readable image")
@@ -82,7 +88,8 @@ def convert_splits(splits: dict[str, list[dict]], objects: dict[str, list[tuple]
                 bbox, area = coco_box(*xyxy, scale)
                 annotations.append({"id": ann_id, "image_id": image_id[name], "category_id": category,
                                     "bbox": bbox, "area": area, "iscrowd": 0})
-            write_image(sources[name], out / image_folder / name, width, height)
+            target = contained_path(out / image_folder, name, f"{json_name}: image {name!r}")
+            write_image(sources[name], target, width, height)
         write_coco(out / json_name, images, annotations, categories, info)
 
 
@@ -103,6 +110,7 @@ def convert_raccoon(source: Path, out: Path) -> None:
                     box = [int(row[key]) for key in ("xmin", "ymin", "xmax", "ymax")]
                 except (KeyError, TypeError, ValueError) as error:
                     raise DataError(f"{path}: line {line}: {error!r}") from None
+                contained_path(source / "images", row["filename"], f"{path}: line {line}")  # before any file is touched
                 objects.setdefault(row["filename"], []).append((1, *box))
         splits[json_name] = [{"name": name, "width": w, "height": h} for name, (w, h) in sizes.items()]
     names = {entry["name"] for entries in splits.values() for entry in entries}
@@ -132,7 +140,9 @@ def convert_bccd(source: Path, out: Path) -> None:
             raise DataError(f"{listing}: not found; is {source} the BCCD_Dataset archive?")
         entries = []
         for stem in listing.read_text(encoding="utf-8").split():
-            xml = root / "Annotations" / f"{stem}.xml"
+            where = f"{listing}: entry {stem!r}"
+            xml = contained_path(root / "Annotations", f"{stem}.xml", where)
+            contained_path(root / "JPEGImages", f"{stem}.jpg", where)
             try:
                 tree = ET.parse(xml).getroot()
                 size = tree.find("size")

@@ -3,17 +3,21 @@ and how an installation is checked.
 
     detector datasets                       # known sets, installed or not, and where
     detector datasets get raccoon           # download the pinned archive, convert, verify, install
-    detector datasets get raccoon --from ../shared/data/raccoon   # install from a local COCO copy
+    detector datasets get raccoon --from ../shared/data/raccoon   # install from a local copy
 
 Sets are installed under `$DETECTOR_DATA` (default ~/.cache/detector/datasets), one folder per
 set, and recipes name their files as `${DETECTOR_DATA}/raccoon/coco_train.json`
 (`resolve_data_path`). An installation is built in a temporary folder, verified, then renamed
-into place, so a folder with its `installed.json` is always complete.
+into place, so a folder with its `installed.json` is always complete, and a refused one leaves
+nothing behind.
 
-What is verified, on both paths: the SHA-256 of each annotation file against the value recorded
-here, and every image the annotations name (present, readable header, the annotated size).
-The SHA-256 of the downloaded archive is checked only where it is recorded (`archive_sha256`);
-where it is not (yet), the download's hash is printed and written to installed.json.
+What is trusted: nothing from the download but the bytes the manifest pins. The archive is
+unpacked by archives.py (members inside the folder, no symlinks, size, count and ratio capped),
+every file name its CSV or listing gives is resolved and refused if it leaves its folder
+(paths.contained_path), and the installed folder must match the set's manifest
+(manifests/NAME.sha256, `sha256sum -c` format): exactly those files, each with its SHA-256,
+images and annotations alike. The archive's own hash is not pinned: GitHub's zips of a commit
+are not byte-stable; the converted files are.
 """
 from __future__ import annotations
 
@@ -21,19 +25,21 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from detector.data.archives import extract_zip
 from detector.data.converters import convert_bccd, convert_raccoon
 from detector.data.download import download, sha256_of
+from detector.data.paths import contained_path
 from detector.data.records import image_size
 from detector.errors import DataError, DatasetError
 
 DEFAULT_HOME = "~/.cache/detector/datasets"
 HOME_VARIABLE = "DETECTOR_DATA"
 MANIFEST = "installed.json"
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,19 @@ class DatasetSource:
     archive_sha256: str | None  # None: not recorded yet (printed at download, not checked)
     annotations: dict[str, str]  # installed annotation file -> SHA-256
     convert: Callable[[Path, Path], None]  # extracted archive folder -> installed layout
+    manifest: Path  # every installed file -> SHA-256 (`sha256sum` format), images included
+    max_archive_bytes: int = 256 * 2**20  # what the archive may expand to (the real ones are far smaller)
+    max_archive_members: int = 10_000
+
+    def files_sha256(self) -> dict[str, str]:
+        """The manifest: installed file (relative, '/'-separated) -> SHA-256."""
+        files = {}
+        for number, line in enumerate(self.manifest.read_text().splitlines(), start=1):
+            digest, separator, name = line.partition("  ")
+            if not separator or len(digest) != 64:
+                raise DatasetError(f"{self.manifest}: line {number}: expected 'SHA256  FILE', got {line!r}")
+            files[name] = digest
+        return files
 
 
 REGISTRY: dict[str, DatasetSource] = {
@@ -63,6 +82,7 @@ REGISTRY: dict[str, DatasetSource] = {
                 "coco_val.json": "4ce4093d8d8831a6b2f7b3f4617bedc10d0572f4989ca6f2b1229b7d9369bfc2",
             },
             convert=convert_raccoon,
+            manifest=MANIFESTS / "raccoon.sha256",
         ),
         DatasetSource(
             name="bccd",
@@ -75,6 +95,7 @@ REGISTRY: dict[str, DatasetSource] = {
                 "coco_test.json": "12104d43b5792c099fb4759784b90401c385b4e0c84d7d1fa01185b20eaba67e",
             },
             convert=convert_bccd,
+            manifest=MANIFESTS / "bccd.sha256",
         ),
     )
 }
@@ -116,31 +137,54 @@ def resolve_data_path(value: str) -> Path:
 
 
 def verify(source: DatasetSource, folder: Path) -> None:
-    """Check an installed (or about to be installed) folder: annotation checksums, then every
-    image they name (present, readable, at the annotated size). Raises DatasetError listing
-    what is wrong."""
+    """Check an installed (or about to be installed) folder against the set's manifest: exactly
+    its files, each with its SHA-256; then every image the annotations name (present, readable,
+    at the annotated size). Raises DatasetError listing what is wrong."""
     problems = []
-    for name, expected in source.annotations.items():
+    for name, expected in source.annotations.items():  # first, with the clearest message
         path = folder / name
         if not path.is_file():
-            problems.append(f"{path}: missing")
+            problems.append(f"{name}: missing")
             continue
         got = sha256_of(path)
         if got != expected:
-            problems.append(f"{path}: SHA-256 {got} is not the recorded {expected}")
+            problems.append(f"{name}: SHA-256 {got} is not the recorded {expected}")
             continue
         for image in json.loads(path.read_text())["images"]:
-            problem = _image_problem(folder / image["file_name"], image["width"], image["height"])
+            problem = _image_problem(folder, image["file_name"], image["width"], image["height"], name)
             if problem:
                 problems.append(problem)
     if not (folder / "LICENSE").is_file():
-        problems.append(f"{folder / 'LICENSE'}: missing")
+        problems.append("LICENSE: missing")
+    if not problems:  # the annotations and images agree: now every byte, against the manifest
+        problems = manifest_problems(source, folder)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise DatasetError(f"{source.name}: {len(problems)} problem(s): {shown}")
 
 
-def _image_problem(path: Path, width: int, height: int) -> str | None:
+def manifest_problems(source: DatasetSource, folder: Path) -> list[str]:
+    """What differs between `folder` and the manifest, by file name relative to the folder:
+    files missing, extra, or with another SHA-256 (installed.json, written after the check,
+    is not part of it)."""
+    expected = source.files_sha256()
+    found = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*"))
+             if (path.is_file() or path.is_symlink()) and path.name != MANIFEST}
+    problems = [f"{name}: missing" for name in expected if name not in found]
+    problems += [f"{name}: not in the manifest {source.manifest.name}" for name in found if name not in expected]
+    for name, path in found.items():
+        if name in expected:
+            got = "a symbolic link" if path.is_symlink() else sha256_of(path)
+            if got != expected[name]:
+                problems.append(f"{name}: SHA-256 {got} is not the recorded {expected[name]} ({source.manifest.name})")
+    return problems
+
+
+def _image_problem(folder: Path, file_name: str, width: int, height: int, annotations: str) -> str | None:
+    try:
+        path = contained_path(folder, file_name, f"{folder / annotations}")
+    except DatasetError as error:
+        return str(error)
     if not path.is_file():
         return f"{path}: missing"
     try:
@@ -176,7 +220,8 @@ def get_dataset(name: str, local: str | Path | None = None, *, force: bool = Fal
         verify(source, staging)
         manifest = {"name": name, "from": origin, "archive_sha256": archive_sha256,
                     "archive_sha256_checked": archive_sha256 is not None and source.archive_sha256 is not None,
-                    "annotations_sha256": source.annotations}
+                    "annotations_sha256": source.annotations,
+                    "files_sha256_verified": f"{len(source.files_sha256())} files, {source.manifest.name}"}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         staging.chmod(0o755)  # mkdtemp made it private
         if target.exists():
@@ -184,7 +229,7 @@ def get_dataset(name: str, local: str | Path | None = None, *, force: bool = Fal
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"installed {name} in {target} (annotation checksums and every image's size verified)")
+    log(f"installed {name} in {target} (every file's SHA-256 verified against {source.manifest.name})")
     return target
 
 
@@ -203,11 +248,13 @@ def _copy_local(source: DatasetSource, local: Path, staging: Path) -> str:
                                "annotations this package knows (a modified or other copy)")
         shutil.copyfile(path, staging / name)
         for image in json.loads(path.read_text())["images"]:
-            image_path = local / image["file_name"]
+            where = f"{path}: image {image['file_name']!r}"
+            image_path = contained_path(local, image["file_name"], where, follow_links=False)
             if not image_path.is_file():
                 raise DatasetError(f"--from {local}: {image['file_name']} (named in {name}) not found")
-            (staging / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(image_path, staging / image["file_name"])
+            copy = contained_path(staging, image["file_name"], where)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image_path, copy)
     if not (local / "LICENSE").is_file():
         raise DatasetError(f"--from {local}: LICENSE not found (the data set's licence travels with it)")
     shutil.copyfile(local / "LICENSE", staging / "LICENSE")
@@ -221,14 +268,7 @@ def _download_and_convert(source: DatasetSource, url: str, staging: Path, log) -
     checked = "matches the recorded checksum" if source.archive_sha256 else "no checksum recorded for it yet"
     log(f"archive SHA-256 {got} ({checked})")
     extracted = staging / "archive"
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.namelist():  # a name leaving the folder is refused, never written
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise DatasetError(f"{url}: archive member {member!r} leaves the archive folder")
-            zipped.extractall(extracted)
-    except zipfile.BadZipFile as error:
-        raise DatasetError(f"{url}: not a zip archive ({error})") from None
+    extract_zip(archive, extracted, url, source.max_archive_bytes, source.max_archive_members)
     archive.unlink()
     tops = [p for p in extracted.iterdir()]
     root = tops[0] if len(tops) == 1 and tops[0].is_dir() else extracted  # GitHub: one <repo>-<commit>/ folder

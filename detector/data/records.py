@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import DataError
+from detector.errors import DataError, ImageFileError, ImageTooLargeError
 
 
 @dataclass
@@ -236,24 +236,27 @@ def clean_boxes(
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file as displayed (EXIF orientation applied, as
     `cv2.imread` does), read from the header without decoding the pixels. An empty file, an
-    unreadable header or a truncated JPEG/PNG (truncated.py) raises a `DataError` naming it."""
+    unreadable header, a truncated JPEG/PNG (truncated.py) or one above the pixel limit
+    (a decompression bomb: image_header.py) raises a `DataError` naming it."""
     from PIL import Image  # a dependency of torchvision
 
-    from detector.data.truncated import truncation
+    from detector.data.image_header import read_image_header
 
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as image:
-            width, height = image.size
-            cut = truncation(path, image.format)
-            if cut:
-                raise DataError(f"{path}: {cut}")
-            orientation = image.getexif().get(0x0112, 1)  # (for a PNG, PIL decodes it to find the EXIF)
+        header = read_image_header(path, str(path), allow_unchecked_formats=False)
+        with Image.open(path) as image:  # within the pixel limit: PIL decodes a PNG to find its EXIF
+            orientation = image.getexif().get(0x0112, 1)
+    except ImageFileError as error:  # named as before: "truncated: ...", "N pixels, more than the limit"
+        if isinstance(error, ImageTooLargeError) or error.reason.startswith("truncated"):
+            raise
+        raise DataError(f"{path}: cannot read the image header ({error.reason})") from None
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
         raise DataError(f"{path}: cannot read the image header ({error})") from None
+    width, height = header.width, header.height
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees
         width, height = height, width
     return int(width), int(height)

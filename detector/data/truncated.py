@@ -9,7 +9,9 @@ after the image) are walked marker by marker. Other formats are not checked.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
 JPEG_END = b"\xff\xd9"
@@ -18,9 +20,10 @@ JPEG_END = b"\xff\xd9"
 NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-def truncation(path: Path, image_format: str | None) -> str | None:
-    """Why `path` is cut short, or None. `image_format` is PIL's name for it (JPEG, MPO, PNG)."""
-    with open(path, "rb") as file:
+def truncation(source: Path | BinaryIO, image_format: str | None) -> str | None:
+    """Why `source` (a path, or an open binary file: an upload) is cut short, or None.
+    `image_format` is PIL's name for it (JPEG, MPO, PNG)."""
+    with open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source) as file:
         file.seek(0, 2)
         size = file.tell()
         file.seek(max(size - 16, 0))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -34,3 +36,18 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict], categori
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def bomb_png(side: int) -> bytes:
+    """A complete, valid grayscale PNG of side x side black pixels: a few hundred KB that decode
+    to side^2 bytes (30000 -> 875 KB for 900 Mpx, the probe of the issue)."""
+    compressor = zlib.compressobj(9)
+    rows = (b"\x00" * (side + 1)) * 100  # filter byte + pixels, 100 rows at a time
+    stream = b"".join(compressor.compress(rows) for _ in range(side // 100))
+    stream += compressor.compress((b"\x00" * (side + 1)) * (side % 100)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")

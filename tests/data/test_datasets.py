@@ -4,11 +4,14 @@ find the installed data; a missing set is an error naming the command that gets 
 The download path runs against a real HTTP server on 127.0.0.1 serving an archive laid out
 as the raccoon_dataset repository: its real label CSVs (tests/data/real/raccoon/original) and
 plain images at the sizes they give. The converted annotation files must have the SHA-256
-recorded in the registry for the real data set."""
+recorded in the registry for the real data set; the stand-in images get a manifest of their
+own (`pin_manifest`), as the real photos are not in the clone. Hostile archives:
+test_dataset_install_safety.py."""
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import http.server
 import json
 import threading
@@ -22,7 +25,7 @@ from detector.cli import main
 from detector.config import load_config
 from detector.config_checks import check_data_paths
 from detector.data import datasets
-from detector.data.converters import convert_bccd
+from detector.data.converters import convert_bccd, convert_raccoon
 from detector.data.download import sha256_of
 from detector.errors import ConfigError, DatasetError, DownloadError
 
@@ -48,6 +51,20 @@ def raccoon_copy(tmp_path_factory) -> Path:
     return folder
 
 
+def pin_manifest(monkeypatch, folder: Path, manifest: Path) -> None:
+    """Record the files of `folder` (the expected installed layout, stand-in images included)
+    as raccoon's manifest in the registry, for this test."""
+    lines = [f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(folder).as_posix()}"
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != "installed.json"]
+    manifest.write_text("\n".join(lines) + "\n")
+    monkeypatch.setitem(datasets.REGISTRY, "raccoon", dataclasses.replace(datasets.REGISTRY["raccoon"], manifest=manifest))
+
+
+@pytest.fixture
+def copy_manifest(monkeypatch, raccoon_copy, tmp_path):
+    pin_manifest(monkeypatch, raccoon_copy, tmp_path / "raccoon.sha256")
+
+
 def leftovers(home: Path) -> list[str]:
     return sorted(p.name for p in home.iterdir()) if home.exists() else []
 
@@ -57,7 +74,7 @@ def test_the_committed_real_annotations_are_the_registered_ones():
         assert sha256_of(RACCOON / name) == expected
 
 
-def test_get_from_a_local_copy_installs_and_the_recipe_finds_it(home, raccoon_copy):
+def test_get_from_a_local_copy_installs_and_the_recipe_finds_it(home, raccoon_copy, copy_manifest):
     config = load_config(str(REPO / "configs" / "raccoon.yaml"))
     with pytest.raises(ConfigError, match=r"data.train.annotations: .*data set 'raccoon' is not installed in "
                                           r".*home/raccoon; get it with `detector datasets get raccoon`"):
@@ -89,7 +106,7 @@ def test_a_modified_local_copy_is_refused_and_nothing_is_installed(home, raccoon
     assert leftovers(home) == []
 
 
-def test_a_missing_or_mis_sized_image_is_named(home, raccoon_copy, tmp_path):
+def test_a_missing_or_mis_sized_image_is_named(home, raccoon_copy, copy_manifest, tmp_path):
     broken = tmp_path / "broken"
     for path in raccoon_copy.rglob("*"):
         if path.is_file():
@@ -163,9 +180,17 @@ def with_archive_sha256(monkeypatch, sha256: str | None):
     monkeypatch.setitem(datasets.REGISTRY, "raccoon", source)
 
 
-def test_download_converts_the_real_labels_to_the_recorded_annotations(home, server, raccoon_archive, monkeypatch):
-    archive_sha256 = __import__("hashlib").sha256(raccoon_archive).hexdigest()
+def test_download_converts_the_real_labels_to_the_recorded_annotations(home, server, raccoon_archive, monkeypatch,
+                                                                      tmp_path):
+    archive_sha256 = hashlib.sha256(raccoon_archive).hexdigest()
     with_archive_sha256(monkeypatch, archive_sha256)
+    # the manifest of the stand-in images: this archive converted once, on the side
+    (tmp_path / "archive.zip").write_bytes(raccoon_archive)
+    with zipfile.ZipFile(tmp_path / "archive.zip") as zipped:
+        zipped.extractall(tmp_path / "extracted")
+    (top,) = (tmp_path / "extracted").iterdir()
+    convert_raccoon(top, tmp_path / "converted")
+    pin_manifest(monkeypatch, tmp_path / "converted", tmp_path / "raccoon.sha256")
     lines = []
     folder = datasets.get_dataset("raccoon", url=f"{server}/archive.zip", log=lines.append)
     # verify() inside get_dataset checked the recorded annotation checksums and every image size
@@ -224,7 +249,7 @@ def test_bccd_conversion_of_a_real_annotation_file(tmp_path):
 # ---------------------------------------------------------------- the command
 
 
-def test_the_command_lists_installs_and_names_errors_in_one_line(home, raccoon_copy, capsys):
+def test_the_command_lists_installs_and_names_errors_in_one_line(home, raccoon_copy, copy_manifest, capsys):
     assert main(["datasets"]) == 0
     listing = capsys.readouterr().out
     assert f"data sets in {home}" in listing

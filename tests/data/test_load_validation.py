@@ -49,7 +49,7 @@ def png_bytes(width=64, height=48):
 
 BROKEN_FILES = {
     "zero bytes": ("a.png", b"", "empty file (0 bytes)"),
-    "not an image": ("a.png", b"this is text, not pixels", "cannot read the image header (cannot identify image file"),
+    "not an image": ("a.png", b"this is text, not pixels", "cannot read the image header (not an image: no image decoder recognizes its content"),
     "truncated jpeg": ("a.jpg", jpeg_bytes()[:-600], "truncated: the JPEG data stops before its end-of-image marker"),
     "truncated png": ("a.png", png_bytes()[:-500], "truncated: the PNG stops before its IEND chunk"),
 }
