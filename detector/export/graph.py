@@ -24,6 +24,8 @@ arithmetic is the eager model's, step for step, so the detections agree to float
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +34,13 @@ from torch import Tensor, nn
 from detector import ops
 from detector.errors import ExportError
 from detector.modeling.anchors import grid_anchors
+from detector.modeling.backbones.efficientnet_lite import Conv2dSamePadding
 from detector.modeling.faster_rcnn import FasterRCNN
 from detector.modeling.geometry import MIN_BOX_SIZE, padded_size, resized_size
 from detector.modeling.rpn import RegionProposalNetwork, flatten_predictions, top_proposals_per_level
 from detector.modeling.transform import resize_boxes
 from detector.ops import SOFT_NMS_METHODS
-from detector.ops.soft_suppression import soft_nms_picks
+from detector.ops.soft_suppression import MAX_IOU_TABLE, soft_nms_picks
 
 # Masked scores sit below every real one (probabilities are >= 0): NMS is told to skip them.
 MASKED = -1.0
@@ -128,6 +131,31 @@ class ExportableFasterRCNN(nn.Module):
         self.num_classes = model.num_classes
         self.detections_per_img = roi.detections_per_img
         self.eval()  # inference only: the RPN's test-time top-n, and torch.onnx.export restores this mode
+
+    @contextmanager
+    def constant_same_padding(self) -> Iterator[None]:
+        """While tracing: the backbone's TF-"same" convs pad by constants, which the export folds
+        into the convolutions (onnx.fold_pads_into_convolutions; pads read from the traced shape
+        were a copy of the feature map each, 5-11 of 80-110 ms of node time at batch 1 on the
+        raccoon sizes). Exact because every batch is padded to a multiple of size_divisible:
+        checked here on a random size_divisible x 2 * size_divisible image, where any conv whose
+        input is no multiple of its stride would give other features."""
+        convs = [module for module in self.backbone.modules() if isinstance(module, Conv2dSamePadding)]
+        size = self.transform.size_divisible
+        probe = torch.rand((1, 3, size, 2 * size), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            reference = list(self.backbone(probe).values())
+            for conv in convs:
+                conv.input_divisible_by_stride = True
+            try:
+                constant = list(self.backbone(probe).values())
+                if not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(reference, constant)):
+                    for conv in convs:
+                        conv.input_divisible_by_stride = False  # traced pads, as eager
+                yield
+            finally:
+                for conv in convs:
+                    conv.input_divisible_by_stride = False
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         height, width = dim(images, 2), dim(images, 3)
@@ -224,9 +252,12 @@ class ExportableFasterRCNN(nn.Module):
         soft_suppression.soft_nms's Algorithm 1 (unrolled), then the best D of each image."""
         roi, limit = self.roi_heads, self.detections_per_img
         boxes = boxes.transpose(1, 2)  # [B, K, P, 4]
+        # An IoU table per image and class when it stays small (K * P^2 <= MAX_IOU_TABLE per image):
+        # the 100 unrolled picks were 3,500 of the raccoon graph's 4,200 nodes, half of them IoU rows.
+        table = self.num_classes * self.rpn.post_nms_top_n() ** 2 <= MAX_IOU_TABLE
         picked, picked_scores = soft_nms_picks(  # the eager model's Soft-NMS, all images and classes at once
             boxes, scores.transpose(1, 2), valid.transpose(1, 2), limit, roi.nms_method, roi.soft_nms_sigma,
-            roi.nms_thresh, roi.soft_nms_min_score)
+            roi.nms_thresh, roi.soft_nms_min_score, iou_table=table)
         num_images = dim(boxes, 0)
         picked_boxes = boxes.gather(2, picked[..., None].expand(-1, -1, -1, 4)).reshape(num_images, -1, 4)
         top_scores, top = picked_scores.reshape(num_images, -1).topk(limit, dim=1)  # [B, K * D] -> [B, D]

@@ -61,10 +61,12 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about every Python number it meets; shapes that matter are tensors (graph.dim).
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, do_constant_folding=True)
+        with graph.constant_same_padding():
+            torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, do_constant_folding=True)
 
     proto = onnx.load(str(out))
+    fold_pads_into_convolutions(proto)
     declare_output_shapes(proto, model.roi_heads.detections_per_img)
     for key, value in metadata(model, predictor.category_ids, predictor.category_names, config).items():
         entry = proto.metadata_props.add()
@@ -73,6 +75,85 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     return out
+
+
+def fold_pads_into_convolutions(proto) -> None:
+    """A zero Pad with constant pads whose only reader is a Conv becomes that Conv's own pads
+    (ONNX pads may differ per side): no padded copy of the feature map, in any runtime, FP32 or
+    INT8. These are the backbone's TF "same" pads, constants in the graph (graph.constant_same_padding);
+    ONNX Runtime alone would not fold them, neither in FP32 (the tracer's empty constant_value
+    input stops it) nor in INT8 (a QuantizeLinear sits between the Pad and the Conv)."""
+    graph = proto.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    folded = []
+    for pad in [node for node in graph.node if node.op_type == "Pad"]:
+        convs = readers.get(pad.output[0], [])
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        if (len(convs) != 1 or convs[0].op_type != "Conv" or mode != b"constant" or any(pad.input[2:])
+                or any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in convs[0].attribute)):
+            continue
+        pads = constant_value(proto, pad.input[1])
+        rank = None if pads is None else len(pads) // 2
+        if pads is None or any(pads[:2]) or any(pads[rank:rank + 2]) or (pads < 0).any():
+            continue
+        conv = convs[0]
+        spatial = [int(v) for v in list(pads[2:rank]) + list(pads[rank + 2:])]  # begins, then ends
+        attribute = next((a for a in conv.attribute if a.name == "pads"), None)
+        if attribute is None:
+            attribute = conv.attribute.add()
+            attribute.name, attribute.type = "pads", 7  # AttributeProto.INTS
+            attribute.ints.extend([0] * len(spatial))
+        attribute.ints[:] = [own + extra for own, extra in zip(attribute.ints, spatial)]
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    remove_unread_nodes(proto)
+
+
+def constant_value(proto, name: str):
+    """The value of tensor `name` when it is computed from constants alone (an initializer, or
+    Constant nodes and ops on them), else None; evaluated with onnx's reference runtime."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    needed, used, pending = [], set(), [name]
+    while pending:
+        tensor = pending.pop()
+        if tensor in used or tensor == "" or tensor in initializers:
+            continue
+        node = producers.get(tensor)
+        if node is None:  # a graph input: not a constant
+            return None
+        used.update(node.output)
+        needed.append(node)
+        pending.extend(node.input)
+    order = [node for node in proto.graph.node if node in needed]  # graph order is topological
+    inputs = {i for node in order for i in node.input}
+    graph = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, 0, None)],
+                              [initializers[i] for i in inputs if i in initializers])
+    model = helper.make_model(graph, opset_imports=proto.opset_import)
+    return ReferenceEvaluator(model).run(None, {})[0]
+
+
+def remove_unread_nodes(proto) -> None:
+    """Drop nodes none of whose outputs is read (what a fold left behind), until none is left."""
+    graph = proto.graph
+    outputs = {value.name for value in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        unread = [node for node in graph.node if not any(output in read for output in node.output)]
+        if not unread:
+            return
+        for node in unread:
+            graph.node.remove(node)
 
 
 def declare_output_shapes(proto, limit: int) -> None:

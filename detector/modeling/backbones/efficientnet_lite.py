@@ -89,12 +89,19 @@ class Conv2dSamePadding(nn.Conv2d):
     padding goes to the bottom/right. The weights were trained that way; symmetric padding
     shifts every stride-2 layer by one pixel (and measurably lowers the cat's probability)."""
 
+    # True while export/graph.py traces a graph whose inputs are padded to a multiple of every
+    # stride: the pads are then the same for every size, constants in the file, and the export
+    # folds them into the convolution (pads read from the traced shape cost a copy of the map).
+    input_divisible_by_stride = False
+
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self.pad_same(x))
 
     def pad_same(self, x: Tensor) -> Tensor:
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            if self.input_divisible_by_stride:
+                size = s  # every multiple of the stride pads alike: total = k - s
             out_size = (size + s - 1) // s  # ceil, in integers (traceable)
             total = max((out_size - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]  # (left, right), then (top, bottom)
