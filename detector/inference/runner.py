@@ -2,7 +2,9 @@
 into an output folder.
 
 Every readable source is predicted; every other one is named with its reason and skipped
-(inference/skipping.py), unless `strict`. Results are written as they come (inference/writer.py).
+(inference/skipping.py), unless `strict`. Results are written as they come (inference/writer.py),
+one source at a time in this process; `detector predict --ray` runs the same per-image steps
+(inference/records.py) on a Ray cluster instead (inference/ray_predict.py).
 The predictor only needs `predict(list of RGB arrays)` returning `[{"boxes", "labels", "scores"}]`,
 `check_size(height, width, name)` and its `category_ids` / `category_names`, whatever runs it
 (inference/loading.py).
@@ -16,9 +18,9 @@ from pathlib import Path
 
 from detector.data.dataset import read_image
 from detector.engine.plots import draw_boxes
-from detector.errors import DataError, DegenerateImageError, SourceError
+from detector.errors import SourceError
 from detector.inference.categories import boxes_scores_labels, to_json
-from detector.inference.skipping import PredictionRun, Skipped
+from detector.inference.skipping import SKIPPABLE_ERRORS, PredictionRun, Skipped
 from detector.inference.sources import find_sources, is_video
 from detector.inference.writer import OutputFolder
 
@@ -48,7 +50,10 @@ def predict_sources(predictor, patterns: Sequence[str], out: str | Path, strict:
                 log(f"{source}: {len(result['frames'])} frames -> {result['output']}" if "frames" in result
                     else f"{source}: {len(result['detections'])} detections")
     finally:
-        files.write()
+        try:
+            files.write()
+        finally:
+            files.close()
     return run
 
 
@@ -59,7 +64,7 @@ def predict_source(predictor, path: Path, files: OutputFolder) -> dict | Skipped
         if is_video(path):
             return predict_video(predictor, path, files)
         return predict_image(predictor, path, files)
-    except (SourceError, DataError, DegenerateImageError) as error:
+    except SKIPPABLE_ERRORS as error:
         return Skipped.because(path, error)
 
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.errors import DataError, DegenerateImageError, SourceError
+
+# What makes one source skippable: unreadable (DataError from the reader, SourceError for a
+# video), or too thin for the model's resize. Anything else stops the run.
+SKIPPABLE_ERRORS = (SourceError, DataError, DegenerateImageError)
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,11 @@ class PredictionRun:
 
     @property
     def exit_code(self) -> int:
-        """0: every source predicted; 1: some skipped; 2: none predicted."""
-        if not self.predicted:
-            return 2
-        return 1 if self.skipped else 0
+        return exit_code(len(self.predicted), len(self.skipped))
+
+
+def exit_code(predicted: int, skipped: int) -> int:
+    """0: every source predicted; 1: some skipped; 2: none predicted."""
+    if not predicted:
+        return 2
+    return 1 if skipped else 0

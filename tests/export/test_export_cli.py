@@ -57,7 +57,7 @@ def test_predict_with_onnx_weights_writes_what_the_checkpoint_writes(lite0, tmp_
         assert written["skipped"] == []
         results[weights.suffix] = written["predictions"]
         assert sorted(p.name for p in out.iterdir()) == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "predictions.json",
-                                                          "skipped.txt"]
+                                                          "predictions.jsonl", "skipped.txt"]
     for eager, exported in zip(results[".pt"], results[".onnx"]):
         assert eager["file"] == exported["file"]
         as_arrays = lambda ds: {"boxes": np.array([d["bbox_xyxy"] for d in ds]).reshape(-1, 4),  # noqa: E731
