@@ -113,6 +113,7 @@ class DatasetConfig:
     names: str | None = None  # yolo: file with one class name per line (default: root/classes.txt or data.yaml)
     num_images: int = 200  # synthetic only
     seed: int = 0  # synthetic only
+    scene: str = "shapes"  # synthetic only: shapes (320-480 px images, 20-180 px objects) | large (2000x1500, 10-40 px)
 
 
 @dataclass
@@ -126,10 +127,21 @@ class AugmentConfig:
 
 
 @dataclass
+class TilesConfig:
+    """Training on crops of large images (data/tiles.py); 0 = whole images."""
+
+    size: int = 0  # crop side in pixels (0 = off); validation stays on whole images, predicted sliced
+    overlap: float = 0.2  # fraction of a crop shared with its neighbour
+    min_visible: float = 0.5  # a box is kept in a crop when at least this fraction of its area is inside
+    negative_ratio: float = 0.1  # crops holding no object kept, per crop holding one (seeded choice per epoch)
+
+
+@dataclass
 class DataConfig:
     train: DatasetConfig | None = None
     val: DatasetConfig | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tiles: TilesConfig = field(default_factory=TilesConfig)
     workers: int = 2  # loader processes (0 = in the main process)
     cache: str | None = None  # ram: decode every image once and keep it in memory (small data sets); null = read each time
     group_aspect_ratio: bool = True  # batch wide with wide, tall with tall: less padding
@@ -192,10 +204,27 @@ class TrainConfig:
 
 
 @dataclass
+class SliceConfig:
+    """Sliced prediction of large images (inference/slicing.py); 0 = the whole image at once."""
+
+    size: int = 0  # tile side in pixels (0 = off); edge tiles shift inward, so no thin leftovers
+    overlap: float = 0.2  # fraction of a tile shared with its neighbour, in [0, 0.9)
+    full_image: bool = False  # also predict the whole image (large objects), merged with the tiles
+    match_threshold: float = 0.5  # detections of one class from different tiles merge above this intersection-over-smaller
+    batch_size: int = 8  # tiles per forward pass
+
+
+@dataclass
+class InferenceConfig:
+    slice: SliceConfig = field(default_factory=SliceConfig)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     output: str = "runs/train"  # the run folder
 
 

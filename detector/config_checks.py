@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from detector import choices
-from detector.choices import spell
+from detector.choices import MIN_TILE_SIZE, spell
 from detector.errors import ConfigError, DataError
 
 
@@ -79,12 +79,18 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.val.format", _one_of(*choices.DATA_FORMATS), spell(choices.DATA_FORMATS)),
     ("data.train.num_images", _at_least(1), ">= 1"),
     ("data.val.num_images", _at_least(1), ">= 1"),
+    ("data.train.scene", _one_of(*choices.SYNTHETIC_SCENES), spell(choices.SYNTHETIC_SCENES)),
+    ("data.val.scene", _one_of(*choices.SYNTHETIC_SCENES), spell(choices.SYNTHETIC_SCENES)),
     ("data.augment.hflip", _unit, "a probability in 0..1"),
     ("data.augment.scale", lambda v: 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
     ("data.augment.brightness", _at_least(0), ">= 0 (0 = off)"),
     ("data.augment.contrast", _at_least(0), ">= 0 (0 = off)"),
     ("data.augment.saturation", _at_least(0), ">= 0 (0 = off)"),
     ("data.augment.hue", lambda v: 0 <= v <= 0.5, "in 0..0.5 (a fraction of the hue circle)"),
+    ("data.tiles.size", lambda v: v == 0 or v >= MIN_TILE_SIZE, f"0 (off) or >= {MIN_TILE_SIZE} pixels"),
+    ("data.tiles.overlap", lambda v: 0 <= v < 0.9, "a fraction in [0, 0.9)"),
+    ("data.tiles.min_visible", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("data.tiles.negative_ratio", _at_least(0), ">= 0 (0 = no crop without objects)"),
     ("data.workers", _at_least(0), ">= 0"),
     ("data.cache", _optional(_one_of(*choices.DATA_CACHES)), f"{spell(choices.DATA_CACHES)} (or null)"),
     ("data.policy", _one_of(*choices.DATA_POLICIES), spell(choices.DATA_POLICIES)),
@@ -120,6 +126,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.checkpoint_every_iters", _optional(_at_least(1)), ">= 1 (or null)"),
     ("train.log_every", _at_least(1), ">= 1"),
     ("train.num_val_images_drawn", _at_least(0), ">= 0"),
+    ("inference.slice.size", lambda v: v == 0 or v >= MIN_TILE_SIZE, f"0 (off) or >= {MIN_TILE_SIZE} pixels"),
+    ("inference.slice.overlap", lambda v: 0 <= v < 0.9, "a fraction in [0, 0.9)"),
+    ("inference.slice.match_threshold", _unit, "an intersection-over-smaller in 0..1"),
+    ("inference.slice.batch_size", _at_least(1), ">= 1"),
 ]
 
 # Pairs that must be ordered: (lower key, higher key).

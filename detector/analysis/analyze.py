@@ -59,23 +59,27 @@ def analyze_files(ground_truth: str | Path, predictions: str | Path, out_dir: st
 
 
 def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None = None, overrides=(),
-                       backend: str | None = None, precision: str | None = None, **options) -> dict:
+                       backend: str | None = None, precision: str | None = None, slicing=None, **options) -> dict:
     """Predict the config's val set with `weights` (a checkpoint with its own model config and
     test-time `model.*` overrides, or an exported .onnx on `backend` at `precision`: loaded as
     `detector eval` loads it), write predictions.json / ground_truth.json with the COCO metrics
     into `out_dir` (default: <output>/eval/analysis), then analyze them. The result's
-    "skipped_images" names the val images left out (unreadable, or too thin to resize)."""
+    "skipped_images" names the val images left out (unreadable, or too thin to resize). `slicing`
+    (SliceSettings) predicts sliced; None takes the config's `inference.slice`."""
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
     from detector.errors import ConfigError
     from detector.inference import load_predictor
+    from detector.inference.slicing import SliceSettings
 
     if config.data.val is None:
         raise ConfigError("data.val is not set: `detector analyze CONFIG --weights W` predicts the val set")
     check_data_paths(config.data)
+    if slicing is None:
+        slicing = SliceSettings.from_config(config.inference.slice)
     predictor = load_predictor(weights, device=config.train.device, overrides=list(overrides), backend=backend,
-                               precision=precision)
+                               precision=precision, slicing=slicing)
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out_dir = Path(out_dir) if out_dir else Path(config.output) / "eval" / "analysis"

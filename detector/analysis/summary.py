@@ -28,6 +28,9 @@ def format_data_report(report: dict, out_dir) -> str:
                      f"{sizes['small']} small, {sizes['medium']} medium, {sizes['large']} large")
         for name, row in stats["per_class"].items():
             lines.append(f"  {name:<20} {row['boxes']:>6} boxes in {row['images']:>5} images")
+        if "view" in stats:
+            lines.append(f"  ({split} as {stats['view']})")
+    lines += format_small_objects(report)
     fit = report["anchor_fit"]
     fg, bg = fit["rpn_thresholds"]["fg_iou"], fit["rpn_thresholds"]["bg_iou"]
     header = f"  {'':<14} {'boxes':>6}  {f'>={fg:g}':>6} {f'{bg:g}-{fg:g}':>6} {f'<{bg:g}':>6}"
@@ -47,6 +50,25 @@ def format_data_report(report: dict, out_dir) -> str:
         lines.append(f"to train with the suggested anchors, add: {fit['suggested']['override']}")
     lines.append(f"wrote data_report.json, labels.png, anchor_fit.png, train_batch*.jpg to {out_dir}")
     return "\n".join(lines)
+
+
+def format_small_objects(report: dict) -> list[str]:
+    """The small-object lines of `detector data`: the share under 16 px and, past 20%, the tiles."""
+    from detector.analysis.data_report import SMALL_PIXELS
+
+    under = report["train"].get(f"under_{SMALL_PIXELS}px_model_pixels", {})
+    if not under.get("share"):
+        return []
+    lines = [f"small objects: {under['share']:.0%} of the training boxes ({under['boxes']}) are under {SMALL_PIXELS} px "
+             "at the model's resolution"]
+    tiles = (report.get("small_objects") or {}).get("recommendation")
+    if tiles:
+        lines.append(f"  train on tiles and predict sliced: {tiles['size']} px tiles, overlap {tiles['overlap']:g} bring "
+                     f"the median small box from {tiles['median_small_box_original_pixels']:.0f} px to "
+                     f"{tiles['median_small_box_in_tile_pixels']:.0f} px (the largest common box, "
+                     f"{tiles['largest_common_box_original_pixels']:.0f} px, fits in the overlap); add:")
+        lines.append(f"  {tiles['override']}")
+    return lines
 
 
 def format_analysis(result: dict, out_dir) -> str:

@@ -1,7 +1,6 @@
 """The torch dataset over ImageRecords, and `load_dataset`, which picks the reader for a config."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -9,49 +8,37 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
-from PIL import Image  # a dependency of torchvision
 
 from detector.choices import DATA_FORMATS, spell
 from detector.config import AugmentConfig, DatasetConfig
+from detector.data.image_header import LOCAL_MAX_PIXELS, read_image_header
 from detector.data.records import CategoryMap, DatasetReport, ImageRecord, raise_if_strict
-from detector.data.truncated import truncation
-from detector.errors import AugmentationError, DataError
+from detector.errors import AugmentationError, DataError, ImageFileError, ImageTooLargeError
 
 DEFAULT_SYNTHETIC_ROOT = Path("~/.cache/detector/synthetic")
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = LOCAL_MAX_PIXELS) -> np.ndarray:
     """An image file as HWC uint8 RGB. OpenCV applies the EXIF orientation and turns
     grayscale, RGBA (alpha dropped), palette and 16-bit images into 8-bit 3-channel ones.
-    A file that is missing, empty, not an image, cut short or undecodable raises a `DataError`
-    naming it and why."""
-    problem = image_file_problem(Path(path))
-    image = None if problem else cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: cannot read the image ({problem or 'not a readable image'})")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def image_file_problem(path: Path) -> str | None:
-    """Why `path` cannot be an image, found without decoding it: missing, empty, content no
-    decoder recognizes, or a truncated JPEG/PNG. Checked before OpenCV decodes, as its codecs
-    print to stderr and decode a truncated JPEG without any error (grey below the cut)."""
-    if not path.is_file():
-        return "file not found"
-    if path.stat().st_size == 0:
-        return "empty file"
-    if not os.access(path, os.R_OK):
-        return "permission denied"
-    if not cv2.haveImageReader(str(path)):
-        return "not an image: no image decoder recognizes its content"
+    A file that is missing, empty, not an image, cut short, undecodable or larger than
+    `max_pixels` (ImageTooLargeError, from its header: image_header.py) raises a `DataError`
+    naming it and why. The header is checked before OpenCV decodes: its codecs print to stderr,
+    decode a truncated JPEG without any error (grey below the cut) and allocate any size."""
     try:
-        with Image.open(path) as image:
-            image_format = image.format
-    except Exception:  # noqa: BLE001 - PIL does not know it; OpenCV may still decode it
-        return None
-    return truncation(path, image_format)
+        read_image_header(path, str(path), max_pixels)
+    except ImageTooLargeError:
+        raise
+    except ImageFileError as error:
+        raise DataError(f"{path}: cannot read the image ({error.reason})") from None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: cannot read the image (not a readable image)")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a format only OpenCV reads has no header check
+        raise ImageTooLargeError(str(path), f"{image.shape[1]}x{image.shape[0]} pixels, more than the limit of {max_pixels}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_record_image(record: ImageRecord) -> np.ndarray:
@@ -116,13 +103,28 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | SkippedSample:
         record = self.records[index]
         try:
-            cached = self.cached_images[index] if self.cached_images is not None else None
-            # A copy: no augmentation may ever change the cached pixels in place.
-            image = cached.copy() if cached is not None else read_record_image(record)
+            image = self.record_pixels(index)
         except DataError as error:
             if not self.skip_unreadable:
                 raise
             return SkippedSample(index, str(record.path), record.image_id, str(error))
+        return self.make_sample(index, record, image)
+
+    def record_pixels(self, index: int, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The pixels of record `index` (from the RAM cache when there), or of its `window`
+        (x1, y1, x2, y2: a training crop, data/tiles.py), as a new array. A `DataError` when
+        the image cannot be decoded."""
+        cached = self.cached_images[index] if self.cached_images is not None else None
+        image = cached if cached is not None else read_record_image(self.records[index])
+        if window is not None:
+            x1, y1, x2, y2 = window
+            image = image[y1:y2, x1:x2]
+        # A copy: no augmentation may ever change the cached pixels in place.
+        return image.copy() if cached is not None or window is not None else image
+
+    def make_sample(self, index: int, record: ImageRecord, image: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """(tensor, target) of `record` drawn as `image` (HWC uint8 RGB, the record's size),
+        augmented; its target's "image_id" is `index`."""
         train = ~record.iscrowd
         boxes, labels = record.boxes[train], record.labels[train]
         if self.transform is not None:
@@ -183,7 +185,7 @@ def read_records(config: DatasetConfig, category_map: CategoryMap | None = None,
         return read_yolo(path("root"), config.split, path("names"), category_map)
     if config.format == "synthetic":
         root = Path(config.root).expanduser() if config.root else DEFAULT_SYNTHETIC_ROOT.expanduser()
-        annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed)
+        annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed, config.scene)
         return read_coco(annotations, None, category_map, verify_images=verify_images)
     raise DataError(f"data: unknown dataset format {config.format!r}; expected {spell(DATA_FORMATS)}")
 

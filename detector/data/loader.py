@@ -124,6 +124,8 @@ class DetectionLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):  # data.tiles: this epoch's negative crops (tiles.py)
+            self.dataset.set_epoch(epoch)  # before __iter__ forks the workers, which inherit it
         self.generator.manual_seed(self.seed + epoch)
 
     def __iter__(self):

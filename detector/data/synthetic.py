@@ -6,9 +6,15 @@ triangle (greens), cross (purples/magentas), 20 to 180 px, plain, striped or noi
 overlap a little (IoU <= 0.3, at most 40% of a box hidden) and every box is the exact extent of its shape's pixels.
 Images hold 1 to 6 objects, and about 1 in 20 has none (a negative).
 
+Scene "large" (small objects on big images, for data.tiles and sliced prediction): 2000 x 1500 px
+images, 20 to 40 objects of 10 to 40 px each, the same classes, colours and backgrounds; about a
+third of them are centred on a likely tile seam (a multiple of 400 or of 512 px, in x or y), so
+that tiles cut them. It is drawn into `root/large-<split>/`, beside the demo's own folders.
+
 Everything follows from (seed, split, image index): the same call draws the same pixels, and
 train and val (different splits) never share an image. `root/<split>/manifest.json` records
-the parameters, and a second call with the same ones reuses the files.
+the parameters, and a second call with the same ones reuses the files. The default scene's
+files and manifest are those of GENERATOR_VERSION 1, unchanged by the large scene.
 """
 from __future__ import annotations
 
@@ -31,18 +37,30 @@ MIN_SIZE, MAX_SIZE = 20, 180
 MAX_IOU = 0.3
 MAX_COVERED = 0.4  # a new (upper) object hides at most this fraction of an earlier one's box
 ANNOTATIONS = "instances.json"
+SCENES = ("shapes", "large")  # choices.SYNTHETIC_SCENES
+LARGE_WIDTH, LARGE_HEIGHT = 2000, 1500
+LARGE_MIN_SIZE, LARGE_MAX_SIZE = 10, 40
+LARGE_OBJECTS = (20, 40)  # objects per large image, both included
+SEAM_SHARE = 0.33  # of the large scene's objects centred on a seam line
+SEAM_STEPS = (400, 512)  # seams of likely tile sizes: every multiple of these, in x and in y
 
 
-def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: int = 200, seed: int = 0) -> Path:
-    """Draw (or reuse) `root/<split>/`: `images/*.jpg` and `instances.json` (COCO, categories
-    1..4 = circle, square, triangle, cross). Returns the JSON's path."""
+def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: int = 200, seed: int = 0,
+                           scene: str = "shapes") -> Path:
+    """Draw (or reuse) `root/<split>/` (scene "large": `root/large-<split>/`): `images/*.jpg`
+    and `instances.json` (COCO, categories 1..4 = circle, square, triangle, cross). Returns the
+    JSON's path."""
     if not split or "/" in split or split.startswith("."):
         raise ConfigError(f"synthetic split must be a plain name such as 'train' or 'val', got {split!r}")
     if num_images < 1:
         raise ConfigError(f"synthetic num_images must be >= 1, got {num_images}")
-    target = Path(root).expanduser() / split
+    if scene not in SCENES:
+        raise ConfigError(f"synthetic scene must be one of {', '.join(SCENES)}, got {scene!r}")
+    target = Path(root).expanduser() / (split if scene == "shapes" else f"{scene}-{split}")
     manifest = {"generator_version": GENERATOR_VERSION, "split": split, "num_images": int(num_images),
                 "seed": int(seed), "classes": list(CLASSES)}
+    if scene != "shapes":  # the demo's manifest stays as it was, so its drawn files are reused
+        manifest["scene"] = scene
     if _is_complete(target, manifest):
         return target / ANNOTATIONS
 
@@ -51,7 +69,7 @@ def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: i
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".{split}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
-        _draw_dataset(scratch, split, num_images, seed)
+        _draw_dataset(scratch, split, num_images, seed, draw_large_image if scene == "large" else draw_image)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if _is_complete(target, manifest):  # another process finished first
             return target / ANNOTATIONS
@@ -78,13 +96,14 @@ def _is_complete(folder: Path, manifest: dict) -> bool:
         (folder / image["file_name"]).is_file() for image in data["images"])
 
 
-def _draw_dataset(folder: Path, split: str, num_images: int, seed: int) -> None:
+def _draw_dataset(folder: Path, split: str, num_images: int, seed: int, draw=None) -> None:
+    draw = draw or draw_image
     (folder / "images").mkdir(parents=True)
     split_code = zlib.crc32(split.encode())
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, split_code, index])
-        image, objects = draw_image(rng)
+        image, objects = draw(rng)
         file_name = f"images/{index:06d}.jpg"
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         assert ok
@@ -154,14 +173,68 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return image
 
 
-def _shape_mask(rng: np.random.Generator, name: str, size: int, width: int, height: int) -> np.ndarray:
-    """A 0/255 mask of one shape about `size` px across, fully inside the image."""
+def draw_large_image(rng: np.random.Generator, objects: bool = True) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
+    """One BGR large-scene image (2000 x 1500) and its objects, as `draw_image`: 10-40 px shapes,
+    about a third of them centred on a seam line (a multiple of 400 or 512 px)."""
+    width, height = LARGE_WIDTH, LARGE_HEIGHT
+    background_rng, rng = rng.spawn(2)
+    image = _background(background_rng, width, height)
+    if not objects:
+        return image, []
+    placed: list[list[int]] = []
+    drawn = []
+    for _ in range(int(rng.integers(LARGE_OBJECTS[0], LARGE_OBJECTS[1] + 1))):
+        for _attempt in range(30):
+            name = CLASSES[int(rng.integers(len(CLASSES)))]
+            size = int(round(np.exp(rng.uniform(np.log(LARGE_MIN_SIZE), np.log(LARGE_MAX_SIZE)))))
+            w, h = _shape_extent(rng, name, size, width, height, LARGE_MIN_SIZE)
+            x, y = _large_position(rng, w, h, width, height)
+            patch = np.zeros((h, w), np.uint8)
+            _draw_shape(rng, patch, name, 0, 0, w, h)
+            ys, xs = np.nonzero(patch)
+            box = [x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1]
+            if all(_iou(box, other) <= MAX_IOU and _covered(other, box) <= MAX_COVERED for other in placed):
+                break
+        else:
+            continue  # no room left for another object
+        _paint(rng, image[y:y + h, x:x + w], patch, name)
+        placed.append(box)
+        drawn.append((CLASSES.index(name) + 1, box, int(len(xs))))
+    return image, drawn
+
+
+def _large_position(rng: np.random.Generator, w: int, h: int, width: int, height: int) -> tuple[int, int]:
+    """Top-left corner of a w x h shape: anywhere, or (SEAM_SHARE) centred on a seam line."""
+    x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+    if rng.random() < SEAM_SHARE:
+        step = SEAM_STEPS[int(rng.integers(len(SEAM_STEPS)))]
+        if rng.random() < 0.5:
+            x = int(step * rng.integers(1, (width - w) // step + 1)) - w // 2
+        else:
+            y = int(step * rng.integers(1, (height - h) // step + 1)) - h // 2
+    return min(max(x, 0), width - w), min(max(y, 0), height - h)
+
+
+def _shape_extent(rng: np.random.Generator, name: str, size: int, width: int, height: int,
+                  min_size: int = MIN_SIZE) -> tuple[int, int]:
+    """(w, h) of a shape about `size` px across: circles and squares square, the others stretched."""
     w = h = size
     if name in ("triangle", "cross"):
-        w, h = (max(MIN_SIZE, int(size * f)) for f in rng.uniform(0.8, 1.2, 2))
-    w, h = min(w, width - 2), min(h, height - 2)
+        w, h = (max(min_size, int(size * f)) for f in rng.uniform(0.8, 1.2, 2))
+    return min(w, width - 2), min(h, height - 2)
+
+
+def _shape_mask(rng: np.random.Generator, name: str, size: int, width: int, height: int) -> np.ndarray:
+    """A 0/255 mask of one shape about `size` px across, fully inside the image."""
+    w, h = _shape_extent(rng, name, size, width, height)
     x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
     mask = np.zeros((height, width), np.uint8)
+    _draw_shape(rng, mask, name, x, y, w, h)
+    return mask
+
+
+def _draw_shape(rng: np.random.Generator, mask: np.ndarray, name: str, x: int, y: int, w: int, h: int) -> None:
+    """Fill one shape into `mask` (0/255) inside the w x h box at (x, y)."""
     if name == "circle":
         r = (w - 1) // 2
         cv2.circle(mask, (x + r, y + r), r, 255, -1, cv2.LINE_8)
@@ -176,7 +249,6 @@ def _shape_mask(rng: np.random.Generator, name: str, size: int, width: int, heig
         cx, cy = x + (w - tw) // 2, y + (h - th) // 2
         cv2.rectangle(mask, (cx, y), (cx + tw - 1, y + h - 1), 255, -1)
         cv2.rectangle(mask, (x, cy), (x + w - 1, cy + th - 1), 255, -1)
-    return mask
 
 
 def _paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, name: str) -> None:

@@ -23,6 +23,7 @@ import torch
 from detector.config import Config, TrainConfig
 from detector.config_checks import check_data_paths
 from detector.data import build_loader, load_dataset
+from detector.data.tiles import TiledDataset, check_no_shared_images
 from detector.engine import distributed
 from detector.engine.allocator import keep_freed_memory
 from detector.engine.early_stopping import EarlyStoppingHook
@@ -42,6 +43,7 @@ class Accounting:
     epochs: int
     max_iters: int | None
     world_size: int = 1  # processes; each sees ceil(N / world_size) images per epoch (the sampler pads)
+    source_images: int | None = None  # data.tiles: the whole images the num_images crops are cut from
 
     @property
     def images_per_process(self) -> int:
@@ -64,10 +66,14 @@ class Accounting:
     def describe(self) -> str:
         n, b = self.images_per_process, self.batch_size
         rule = f"floor({n} / {b})" if self.drop_last else f"ceil({n} / {b})"
+        unit = "images"
+        if self.source_images is not None:
+            unit = (f"crops (data.tiles: {self.source_images} images x "
+                    f"{self.num_images / max(self.source_images, 1):.1f} crops per image)")
         if self.world_size == 1:
-            text = f"{self.num_images} training images, batch {b}"
+            text = f"{self.num_images} training {unit}, batch {b}"
         else:
-            text = (f"{self.num_images} training images over {self.world_size} processes -> ceil({self.num_images} / "
+            text = (f"{self.num_images} training {unit} over {self.world_size} processes -> ceil({self.num_images} / "
                     f"{self.world_size}) = {n} per process; batch {b} per process, global batch {b * self.world_size}")
         text += (f" -> {self.iters_per_epoch} iterations per epoch ({rule}{', drop_last' if self.drop_last else ''}); "
                  f"{self.total_epochs} epochs -> {self.total_iters} iterations")
@@ -117,6 +123,11 @@ def build_datasets(config: Config, log: RunLogger) -> tuple:
     data = config.data
     train_set = load_dataset(data.train, augment=data.augment, policy=data.policy, seed=config.train.seed)
     val_set = load_dataset(data.val, train_set.category_map, policy=data.policy) if data.val else None
+    if data.tiles.size:
+        if val_set is not None:
+            check_no_shared_images(train_set.records, val_set.records)
+        # config.train.seed, never a rank's: every DDP process draws the same negative crops.
+        train_set = TiledDataset(train_set, data.tiles, seed=config.train.seed)
     log.info(f"train data: {train_set.summary()}")
     if val_set is not None:
         log.info(f"val data: {val_set.summary()}")
@@ -159,9 +170,12 @@ def build_train_loader(config: Config, train_set, rank: int):
     )
 
 
-def build_accounting(train: TrainConfig, num_images: int, world_size: int) -> Accounting:
-    """Iterations per epoch and in all; refuses a batch size that leaves no iteration."""
-    accounting = Accounting(num_images, train.batch_size, train.drop_last, train.epochs, train.max_iters, world_size)
+def build_accounting(train: TrainConfig, num_images: int, world_size: int,
+                     source_images: int | None = None) -> Accounting:
+    """Iterations per epoch and in all; refuses a batch size that leaves no iteration.
+    `source_images`: with data.tiles, the images the `num_images` crops are cut from."""
+    accounting = Accounting(num_images, train.batch_size, train.drop_last, train.epochs, train.max_iters, world_size,
+                            source_images)
     if accounting.iters_per_epoch == 0:
         raise ConfigError(
             f"train.batch_size={train.batch_size} with drop_last leaves no batch from "

@@ -71,6 +71,16 @@ def run_model(model, images: list[torch.Tensor], targets: list[dict], dataset, r
     return outputs
 
 
+def validation_model(model, config):
+    """What the trainer scores the val set with: `model`, or, when `inference.slice.size` > 0,
+    the model predicting sliced (inference/slicing.py), as `detector eval` would with that config.
+    Whole val images, sliced, are what a model trained on crops (data.tiles) is meant for."""
+    from detector.inference.slicing import SliceSettings, SlicedModel
+
+    settings = SliceSettings.from_config(config.inference.slice)
+    return SlicedModel(model, settings) if settings.enabled else model
+
+
 def evaluate_model(model, dataset, device, out_dir: Path, batch_size: int = 2, workers: int = 0, draw: int = 0) -> dict:
     """COCO metrics of `model` on `dataset`; writes metrics/predictions/ground truth JSON, the
     per-class PR curves and `draw` images with predicted and true boxes into `out_dir`.

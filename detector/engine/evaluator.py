@@ -36,6 +36,8 @@ from detector.errors import EvaluationError
 
 # Indices into COCOeval.stats, in the order summarize() prints them.
 _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+# COCO's object sizes (by box area in the original image's pixels) and their AP keys.
+SIZES = (("small", "APs"), ("medium", "APm"), ("large", "APl"))
 
 
 def evaluate(
@@ -47,8 +49,9 @@ def evaluate(
     """COCO bbox metrics of `predictions` against `ground_truth` (formats in the module docstring).
 
     Returns a JSON-safe dict: "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100" (0..1 or None),
-    "per_class" and "per_class_AP50" ({name: AP or None}), "summary" (pycocotools' printed
-    table) and "pr_curves" (for plots.plot_pr_curves, see `precision_recall_curves`).
+    "size_counts" ({"small" | "medium" | "large": {"ground_truth": boxes, "detections": n}}, see
+    `size_counts`), "per_class" and "per_class_AP50" ({name: AP or None}), "summary" (pycocotools'
+    printed table) and "pr_curves" (for plots.plot_pr_curves, see `precision_recall_curves`).
     With `out_dir`, writes metrics.json (all but pr_curves), predictions.json and ground_truth.json.
     """
     _check_categories(categories)
@@ -59,6 +62,7 @@ def evaluate(
     metrics: dict[str, Any] = {
         name: _defined_or_none(coco_eval.stats[index]) for name, index in _STATS_INDEX.items()
     }
+    metrics["size_counts"] = size_counts(coco_eval, coco_gt_dict, results)
     metrics["per_class"], metrics["per_class_AP50"] = per_class_ap(coco_eval, categories)
     metrics["summary"] = summary
 
@@ -122,6 +126,37 @@ def predictions_to_coco_results(
             results.append({"image_id": image["id"], "category_id": int(categories[label - 1][0]),
                             "bbox": _xyxy_to_xywh(box), "score": round(float(score), 5)})
     return results
+
+
+def size_counts(coco_eval: COCOeval, coco_gt_dict: dict, results: list[dict]) -> dict[str, dict[str, int]]:
+    """Ground-truth boxes (crowd ones left out: they are never scored) and detections in each of
+    COCO's sizes, by box area w*h, with pycocotools' own ranges: what APs / APm / APl are computed
+    over. Small is [0, 32^2], medium [32^2, 96^2], large [96^2, 1e10], bounds included as
+    pycocotools does, so an area of exactly 32^2 or 96^2 counts in both sizes. Every detection
+    given counts, whatever its score (COCO scores the 100 best of each image and class)."""
+    gt_areas = np.array([a["area"] for a in coco_gt_dict["annotations"] if not a["iscrowd"]], np.float64)
+    dt_areas = np.array([r["bbox"][2] * r["bbox"][3] for r in results], np.float64)
+    ranges = dict(zip(coco_eval.params.areaRngLbl, coco_eval.params.areaRng))
+    counts = {}
+    for name, _ in SIZES:
+        low, high = ranges[name]
+        counts[name] = {"ground_truth": int(((gt_areas >= low) & (gt_areas <= high)).sum()),
+                        "detections": int(((dt_areas >= low) & (dt_areas <= high)).sum())}
+    return counts
+
+
+def format_size_table(metrics: dict) -> list[str]:
+    """The eval table's AP-by-size rows: AP, ground-truth boxes and detections per COCO size
+    (metrics of `evaluate`; an older metrics.json without "size_counts" shows the APs alone)."""
+    counts = metrics.get("size_counts") or {}
+    lines = [f"{'size':<8} {'AP':>7} {'GT boxes':>9} {'detections':>11}   (box area in original pixels: "
+             "small <= 32^2 <= medium <= 96^2 <= large)"]
+    for name, key in SIZES:
+        value = metrics.get(key)
+        ap = f"{value:.4f}" if value is not None else "n/a"
+        row = counts.get(name, {})
+        lines.append(f"{name:<8} {ap:>7} {row.get('ground_truth', '?'):>9} {row.get('detections', '?'):>11}")
+    return lines
 
 
 def per_class_ap(coco_eval: COCOeval, categories: Sequence[tuple[int, str]]) -> tuple[dict, dict]:

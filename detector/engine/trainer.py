@@ -24,12 +24,14 @@ import torch
 
 import detector
 from detector.config import Config, config_to_dict, save_config
+from detector.data.tiles import TiledDataset
 from detector.engine import distributed
 from detector.engine.builders import (build_accounting, build_datasets, build_model_for, build_step_scheduler,
                                       build_train_loader, check_training_config, default_hooks, learning_rate_for,
                                       setup_allocator, setup_process, setup_run_folder)
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from detector.engine.evaluation import evaluate_model
+from detector.engine.evaluation import evaluate_model, validation_model
+from detector.engine.evaluator import format_size_table
 from detector.engine.hooks import LOSS_KEYS, Hook
 from detector.engine.optim import build_optimizer
 from detector.errors import DetectorError, NonFiniteLossError
@@ -60,7 +62,8 @@ class Trainer:
         setup_allocator(train, self.device, self.log)
         self.model, self.train_model = build_model_for(config, self.device, self.world_size)
         self.loader = build_train_loader(config, self.train_set, self.rank)
-        self.accounting = build_accounting(train, len(self.train_set), self.world_size)
+        self.accounting = build_accounting(train, len(self.train_set), self.world_size,
+                                           len(self.train_set.source) if isinstance(self.train_set, TiledDataset) else None)
         self.lr, self.lr_rule = learning_rate_for(train, self.world_size)
         self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained, lr=self.lr)
         self.scheduler = build_step_scheduler(self.optimizer, train, self.accounting)
@@ -132,6 +135,14 @@ class Trainer:
             f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
             for g in self.optimizer.param_groups))
         self.log.info(f"device {self.device}{' + AMP' if self.amp else ''}; run folder {self.run_dir}")
+        if self.val_set is not None:
+            validation = validation_model(self.model, self.config)
+            if validation is not self.model:
+                self.log.info(f"validation: whole images, {validation.settings.describe()} (inference.slice)")
+            elif self.config.data.tiles.size:
+                self.log.warning(f"validation: whole images, not sliced, while training on {self.config.data.tiles.size} px "
+                                 f"crops (data.tiles); set inference.slice.size={self.config.data.tiles.size} to score "
+                                 "the val set as the model will predict it")
         for hook in self.hooks:
             hook.before_train(self)
         while self.iteration < self.accounting.total_iters and self.stop_reason is None:
@@ -279,13 +290,16 @@ class Trainer:
     def evaluate(self) -> dict:
         out_dir = self.run_dir / "eval"
         metrics = evaluate_model(
-            self.model, self.val_set, self.device, out_dir, batch_size=self.config.train.batch_size,
-            workers=self.config.data.workers, draw=self.config.train.num_val_images_drawn,
+            validation_model(self.model, self.config), self.val_set, self.device, out_dir,
+            batch_size=self.config.train.batch_size, workers=self.config.data.workers,
+            draw=self.config.train.num_val_images_drawn,
         )
         metrics["epoch"] = self.epoch
         for sample in metrics["skipped_images"]:
             self.log.warning(f"validation: {sample}; left out of the metrics")
         self.log.info(f"epoch {self.epoch}: AP {_fmt(metrics['AP'])}  AP50 {_fmt(metrics['AP50'])}  AP75 {_fmt(metrics['AP75'])}")
+        for line in format_size_table(metrics):
+            self.log.info(f"  {line}")
         return metrics
 
     def save(self, state: dict, name: str) -> None:

@@ -157,3 +157,38 @@ def test_written_files_rescore_the_same_with_plain_pycocotools(tmp_path):
 def test_labels_outside_1_to_k_are_refused_with_the_image_named():
     with pytest.raises(ValueError, match=r"prediction of image 0 \(a.jpg\): label 2 is outside 1..1"):
         evaluate([image([BOX])], [detections([BOX], [0.9], [2])], CATEGORIES)
+
+
+def test_ap_by_size_comes_with_the_ground_truth_and_detections_of_each_size(tmp_path):
+    from detector.engine.evaluator import format_size_table
+
+    small, edge_small, medium, large = [10, 10, 20, 20], [0, 0, 31, 33], [50, 50, 90, 90], [100, 100, 200, 200]
+    # Areas: 100 and 1023 (small), 40 x 40 (medium), 100 x 100 (large).
+    crowd = [300, 300, 305, 305]  # crowd boxes are never scored, so never counted
+    truth = [image([small, edge_small, medium, large, crowd], iscrowd=[0, 0, 0, 0, 1])]
+    # Both small objects found, the medium one missed, the large one found, plus two small false positives.
+    found = detections([small, edge_small, large, [400, 400, 410, 410], [420, 420, 425, 430]], [0.9, 0.8, 0.7, 0.6, 0.5])
+    metrics = evaluate(truth, [found], CATEGORIES, tmp_path)
+    assert metrics["size_counts"] == {"small": {"ground_truth": 2, "detections": 4},
+                                      "medium": {"ground_truth": 1, "detections": 0},
+                                      "large": {"ground_truth": 1, "detections": 1}}
+    # Small: the two true detections score above the two false ones: AP 1. Medium: none found.
+    assert metrics["APs"] == pytest.approx(1.0) and metrics["APm"] == 0.0 and metrics["APl"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "metrics.json").read_text())["size_counts"] == metrics["size_counts"]
+    table = format_size_table(metrics)
+    assert table[1].split() == ["small", "1.0000", "2", "4"]
+    assert table[2].split() == ["medium", "0.0000", "1", "0"]
+    assert table[3].split() == ["large", "1.0000", "1", "1"]
+    # A size without ground truth: AP undefined, its detections still counted.
+    metrics = evaluate([image([large])], [detections([large, small], [0.9, 0.8])], CATEGORIES)
+    assert metrics["APs"] is None and metrics["size_counts"]["small"] == {"ground_truth": 0, "detections": 1}
+    assert format_size_table(metrics)[1].split() == ["small", "n/a", "0", "1"]
+    # An older metrics.json, without the counts, still prints.
+    assert format_size_table({"APs": 0.5, "APm": None, "APl": 0.25})[1].split() == ["small", "0.5000", "?", "?"]
+
+
+def test_an_area_of_exactly_32_squared_counts_as_small_and_medium_as_pycocotools_scores_it():
+    edge = [0, 0, 32, 32]
+    metrics = evaluate([image([edge])], [detections([], [])], CATEGORIES)
+    assert metrics["size_counts"]["small"]["ground_truth"] == metrics["size_counts"]["medium"]["ground_truth"] == 1
+    assert metrics["APs"] == metrics["APm"] == 0.0  # scored in both: defined, and missed
