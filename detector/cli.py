@@ -1,21 +1,23 @@
 """The `detector` command line. Thin: it parses arguments, then calls the package.
 
   detector train CONFIG [key=value ...] [--resume [CHECKPOINT]] [--nproc N]
-  detector eval CONFIG --weights W [key=value ...] [BACKEND]
+  detector eval CONFIG --weights W [key=value ...] [SLICE] [BACKEND]
   detector predict --weights W SOURCE... [key=value ...] [--out DIR] [--score-thresh T] [--max-detections N]
-                   [--set KEY=VALUE] [--strict] [BACKEND]
+                   [--set KEY=VALUE] [--strict] [SLICE] [--ray [ADDRESS] ...] [BACKEND]
   detector model [CONFIG] [key=value ...]
   detector export --weights W [--out F.onnx] [--opset N] [--set KEY=VALUE]
-  detector serve --weights W [--host 127.0.0.1] [--port 8000] [--set KEY=VALUE] [BACKEND]
+                  [--int8 [--calibration CONFIG] [--calibration-images N] [--max-ap-drop D] [--force]]
+  detector serve --weights W [--host 127.0.0.1] [--port 8000] [--set KEY=VALUE] [SLICE] [BACKEND] ...
   detector datasets [get NAME [--from PATH] [--force]]
   detector data CONFIG [key=value ...] [--out DIR]
-  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K] [BACKEND]
+  detector analyze CONFIG --weights W [key=value ...] [--out DIR] [--score-thresh T] [--worst K] [SLICE] [BACKEND]
   detector analyze --gt ground_truth.json --predictions predictions.json [--images DIR] [--out DIR] ...
 
 --weights of eval, analyze, predict and serve is a checkpoint (.pt, run by PyTorch) or a `.onnx`
 file of `detector export`, run by ONNX Runtime or, with BACKEND = `--backend openvino
 [--precision bf16]`, by OpenVINO; all load through detector.inference, which also applies the
-test-time settings (model.*) by one rule. key=value overrides may come before or after any
+test-time settings (model.*) by one rule. SLICE = `--slice SIZE [--overlap F] [--full-image]`
+predicts on overlapping tiles and merges them (inference/slicing.py; config inference.slice.*). key=value overrides may come before or after any
 option (arguments.py).
 
 Every command exits with one contract (exit_status.py, README "Exit codes"): 0 done; 1 done, with
@@ -60,6 +62,24 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
                              "on CPUs with AVX512_BF16 or AMX, and gives slightly different detections)")
 
 
+def add_slice_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """--slice, --overlap, --full-image: sliced prediction of large images (inference/slicing.py);
+    unset, the `inference.slice` of `default` applies."""
+    parser.add_argument("--slice", type=int, default=None, metavar="SIZE",
+                        help=f"predict in overlapping SIZE x SIZE tiles, merged into one result (small objects on "
+                             f"large images); 0 = the whole image at once (default: inference.slice.size of {default})")
+    parser.add_argument("--overlap", type=float, default=None, metavar="F",
+                        help="fraction of a tile shared with its neighbour, in [0, 0.9) (default 0.2); make it cover "
+                             "the largest object")
+    parser.add_argument("--full-image", action="store_true", default=None,
+                        help="with --slice, also predict the whole image (objects larger than a tile)")
+
+
+def slice_changes(args) -> dict:
+    """The slicing options given on the command line (those left unset are None)."""
+    return {"size": args.slice, "overlap": args.overlap, "full_image": args.full_image}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command; one that takes key=value overrides declares them with `add_overrides`
     (they may then come before or after any option: arguments.py)."""
@@ -92,13 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="folder for metrics.json, predictions.json, ground_truth.json")
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_backend_options(evaluate)
+    add_slice_options(evaluate, "the config")
 
     predict = commands.add_parser(
         "predict", help="detect objects in images, folders, globs and videos",
         description="Predicts every readable source and names each one it skips. Exit status: 0 when "
                     "every source was predicted, 1 when some were skipped, 2 when none could be (or on "
                     "a usage error).")
-    predict.add_argument("sources", nargs="+", help="image or video files, folders, or glob patterns")
+    predict.add_argument("sources", nargs="+", help="image or video files, folders, glob patterns, or @LIST: a text "
+                                                    "file naming one of these per line")
     add_overrides(predict, "test-time settings of the model, as --set, e.g. model.roi_heads.nms_method=hard")
     predict.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     predict.add_argument("--out", default="runs/predict",
@@ -111,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_backend_options(predict)
+    add_slice_options(predict, "the config saved with the weights")
+    add_ray_options(predict)
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
     add_overrides(export, "test-time settings baked into the file, as --set, e.g. model.roi_heads.score_thresh=0.3")
@@ -118,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="the .onnx file to write (default: beside the weights)")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= {MIN_OPSET})")
     add_settings(export, "a test-time setting baked into the file, e.g. --set model.roi_heads.score_thresh=0.3")
+    int8 = export.add_argument_group("INT8 (the backbone quantized; heads and post-processing stay FP32)")
+    int8.add_argument("--int8", action="store_true",
+                      help="write an INT8 file (default name: WEIGHTS.int8.onnx), calibrated on training images and "
+                           "gated on the val set's AP50")
+    int8.add_argument("--calibration", default=None, metavar="CONFIG",
+                      help="config whose data.train calibrates and whose data.val gates (default: the checkpoint's)")
+    int8.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                      help="training images to calibrate on (default 300, or all when fewer; at least 8)")
+    int8.add_argument("--max-ap-drop", type=float, default=None, metavar="D",
+                      help="refuse to write the file when val AP50 drops by more than D (default 0.01)")
+    int8.add_argument("--force", action="store_true", help="write the INT8 file even when the gate refuses it")
+    int8.add_argument("--keep-fp32", action="append", default=None, metavar="LAYER",
+                      help="a backbone layer (module path, e.g. backbone.body.stem) left in FP32, replacing the "
+                           "measured default list (repeatable)")
 
     serve = commands.add_parser("serve", help="HTTP server: POST /predict an image, get the detections as JSON")
     add_overrides(serve, "test-time settings of the model, as --set, e.g. model.roi_heads.score_thresh=0.3")
@@ -125,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger uploads are refused (413)")
+    serve.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                       help=f"uploads declaring more pixels are refused from their header (413; default {MAX_PIXELS})")
+    add_serve_limits(serve)
     add_settings(serve, "a test-time setting of the model, e.g. --set model.roi_heads.score_thresh=0.3")
     add_backend_options(serve)
+    add_slice_options(serve, "the config saved with the weights")
 
     model = commands.add_parser("model", help="describe the model a config builds")
     model.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
@@ -163,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score threshold of the confusion matrix, F1 and gallery (default: the best F1's)")
     analyze.add_argument("--worst", type=int, default=9, help="images in the gallery of the most errors")
     add_backend_options(analyze)
+    add_slice_options(analyze, "the config")
     return parser
 
 
@@ -230,21 +272,26 @@ def evaluate(args) -> int:
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
+    from detector.engine.evaluator import format_size_table
     from detector.inference import load_predictor
     from detector.inference.overrides import select_test_time_overrides
+    from detector.inference.slicing import SliceSettings
 
     config = load_config(args.config, args.overrides)
     if config.data.val is None:
         print(f"detector eval: {args.config} has no data.val", file=sys.stderr)
         return 2
     check_data_paths(config.data)
+    slicing = SliceSettings.from_config(config.inference.slice, **slice_changes(args))
     # The checkpoint's config builds the model; the overrides meant for it change its test-time
     # settings (inference/overrides.py: the others are refused by name); the rest pick the data.
     test_time = select_test_time_overrides(args.overrides)
     predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile,
-                               backend=args.backend, precision=args.precision)
+                               backend=args.backend, precision=args.precision, slicing=slicing)
     if test_time:
         print("test-time settings: " + " ".join(test_time))
+    if slicing.enabled:
+        print(slicing.describe())
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out = Path(args.out or Path(config.output) / "eval")
@@ -254,9 +301,10 @@ def evaluate(args) -> int:
     skipped = [str(p) for p in dataset.report.skipped_images] + metrics["skipped_images"]
     for sample in skipped:
         print(f"WARNING: {sample}; left out of the metrics", file=sys.stderr)
-    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+    for key in ("AP", "AP50", "AP75", "AR100"):
         value = metrics[key]
-        print(f"{key:<6} {value:.4f}" if value is not None else f"{key:<6} n/a (no ground truth of that size)")
+        print(f"{key:<6} {value:.4f}" if value is not None else f"{key:<6} n/a (no ground truth)")
+    print("\n".join(format_size_table(metrics)))  # APs, APm, APl with their boxes and detections
     for name, ap in metrics["per_class"].items():
         print(f"  {name:<20} AP {ap:.4f}" if ap is not None else f"  {name:<20} no ground truth")
     print(f"wrote metrics.json, predictions.json, ground_truth.json to {out}")
@@ -265,13 +313,66 @@ def evaluate(args) -> int:
     return 1 if skipped else 0
 
 
+def add_ray_options(predict: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS] and the options of a run on a Ray cluster (inference/ray_predict.py)."""
+    ray = predict.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="predict on a Ray cluster (pip install 'detector[ray]'): ADDRESS is HOST:PORT, ray://HOST:PORT or "
+             "auto; without it, RAY_ADDRESS or a Ray runtime started on this machine. Writes JSON Lines shards "
+             "and a manifest to --out (no annotated images); a rerun with the same --out resumes")
+    ray.accepts_value = is_ray_address
+    predict.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="with --ray: predicting actors, each loads the model once (default 1)")
+    predict.add_argument("--batch-size", type=int, default=None, metavar="N",
+                         help="with --ray: images per actor batch (default 4)")
+    predict.add_argument("--shard-size", type=int, default=None, metavar="N",
+                         help="with --ray: records per JSON Lines shard, the most a crash makes redo (default 1000)")
+    predict.add_argument("--cpus-per-worker", type=float, default=None, metavar="X",
+                         help="with --ray: CPUs each actor reserves, and its torch threads (default 1)")
+    predict.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
+                         help="with --ray: GPUs each actor reserves (default 0; 1 for one model per GPU)")
+    predict.add_argument("--merge", action="store_true",
+                         help="with --ray: merge the shards into one COCO predictions.json at the end")
+
+
+def is_ray_address(token: str) -> bool:
+    """Whether the token after a bare --ray is its ADDRESS (imported when asked: Ray is optional)."""
+    from detector.inference.ray_predict import looks_like_address
+
+    return looks_like_address(token)
+
+
+RAY_ONLY = ("workers", "batch_size", "shard_size", "cpus_per_worker", "gpus_per_worker", "merge")
+
+
+def predictor_spec(args) -> dict:
+    """The keyword arguments of `load_predictor` for `detector predict`, as plain data: local
+    predict passes them to it, and every Ray actor does the same with its copy."""
+    return {"weights": str(args.weights), "device": args.device, "score_thresh": args.score_thresh,
+            "max_detections": args.max_detections, "overrides": list(args.settings + args.overrides),
+            "compile": args.compile, "backend": args.backend, "precision": args.precision,
+            "slicing": slice_changes(args)}
+
+
 def predict(args) -> int:
+    from detector.errors import DetectorError
     from detector.inference import load_predictor
     from detector.inference.runner import predict_sources
 
-    predictor = load_predictor(args.weights, args.device, args.score_thresh, args.max_detections,
-                               args.settings + args.overrides, compile=args.compile, backend=args.backend,
-                               precision=args.precision)
+    given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) not in (None, False)]
+    if args.ray is not None:
+        if args.strict:
+            raise DetectorError("--strict: a --ray run skips and names bad files (skipped.txt); run without --ray "
+                                "to stop at the first one")
+        return predict_with_ray(args)
+    if given:
+        raise DetectorError(f"{', '.join(given)}: only with --ray")
+    from detector.inference.sources import check_source_lists
+
+    check_source_lists(args.sources)
+    predictor = load_predictor(**predictor_spec(args))
+    if hasattr(predictor, "settings"):  # sliced (inference/slicing.py)
+        print(predictor.settings.describe())
     out = Path(args.out)
     try:
         run = predict_sources(predictor, args.sources, out, strict=args.strict,
@@ -285,20 +386,109 @@ def predict(args) -> int:
     return run.exit_code
 
 
+def predict_with_ray(args) -> int:
+    from detector.inference.ray_predict import RayOptions, predict_on_ray
+
+    options = RayOptions(**{name: getattr(args, name) for name in RAY_ONLY if getattr(args, name) is not None},
+                         address=args.ray or None)
+    out = Path(args.out)
+    try:
+        run = predict_on_ray(predictor_spec(args), args.sources, out, options,
+                             warn=lambda message: print(f"detector predict: {message}", file=sys.stderr))
+    except KeyboardInterrupt:
+        print(f"detector predict: interrupted; the finished shards are in {out}, and a rerun with the same "
+              "--out predicts the rest", file=sys.stderr)
+        return 130
+    skipped = f"; {run.skipped} skipped, listed in {out / 'skipped.txt'}" if run.skipped else ""
+    resumed = f" ({run.resumed} by an earlier run)" if run.resumed else ""
+    merged = f"; merged into {run.merged}" if run.merged else ""
+    print(f"predicted {run.predicted} of {run.predicted + run.skipped} sources{resumed}{skipped}; "
+          f"wrote JSON Lines shards to {out / 'shards'}{merged}")
+    return run.exit_code
+
+
 def export(args) -> int:
+    from detector.errors import ConfigError
     from detector.export.onnx import export_onnx, signature
 
-    out = export_onnx(args.weights, args.out, opset=args.opset, overrides=args.settings + args.overrides)
-    print("\n".join(signature(out)))
-    print(f"wrote {out}")
+    overrides = args.settings + args.overrides
+    int8_options = {"--calibration": args.calibration, "--calibration-images": args.calibration_images,
+                    "--max-ap-drop": args.max_ap_drop, "--force": args.force or None, "--keep-fp32": args.keep_fp32}
+    if not args.int8:
+        given = [option for option, value in int8_options.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --int8")
+        out = export_onnx(args.weights, args.out, opset=args.opset, overrides=overrides)
+        print("\n".join(signature(out)))
+        print(f"wrote {out}")
+        return 0
+    return export_int8_file(args, overrides)
+
+
+def export_int8_file(args, overrides: list[str]) -> int:
+    """`detector export --int8`: the gate's numbers, then the file or the refusal (exit 2)."""
+    from detector.errors import ExportError
+    from detector.export import int8
+    from detector.export.calibration import DEFAULT_CALIBRATION_IMAGES
+    from detector.export.onnx import signature
+
+    result = int8.export_int8(
+        args.weights, args.out, calibration=args.calibration,
+        calibration_images=args.calibration_images if args.calibration_images is not None else DEFAULT_CALIBRATION_IMAGES,
+        max_ap_drop=args.max_ap_drop if args.max_ap_drop is not None else int8.DEFAULT_MAX_AP_DROP, force=args.force,
+        keep_fp32=args.keep_fp32 if args.keep_fp32 is not None else int8.KEEP_FP32, opset=args.opset,
+        overrides=overrides, log=print)
+    print("\n".join(int8.describe(result)))
+    if result.path is None:
+        raise ExportError(f"INT8 AP50 {result.int8['AP50']:.4f} is {result.ap50_drop:.4f} below FP32's "
+                          f"{result.fp32['AP50']:.4f}, more than --max-ap-drop {result.max_ap_drop}; no file written "
+                          "(--keep-fp32 LAYER leaves the layers tools/int8_sensitivity.py finds most sensitive in "
+                          "FP32; --force writes it anyway)")
+    print("\n".join(signature(result.path)))
+    print(f"wrote {result.path}" + (" (forced past the gate)" if not result.passed else ""))
     return 0
 
 
-def serve(args) -> int:
-    from detector.serve import run_server
+def add_serve_limits(serve: argparse.ArgumentParser) -> None:
+    """serve's limits, queue and access options (their defaults: detector/serving/settings.py)."""
+    from detector.serving.settings import TOKEN_VARIABLE, ServeSettings
 
-    run_server(args.weights, host=args.host, port=args.port, device=args.device, max_pixels=args.max_pixels,
-               overrides=args.settings + args.overrides, backend=args.backend, precision=args.precision)
+    default = ServeSettings()
+    serve.add_argument("--max-upload-bytes", type=int, default=default.max_upload_bytes,
+                       help=f"larger image files are refused while streaming (413; default {default.max_upload_bytes})")
+    serve.add_argument("--queue", type=int, default=default.queue_size, dest="queue_size",
+                       help=f"requests in progress at once; more get 503 + Retry-After (default {default.queue_size})")
+    serve.add_argument("--timeout", type=float, default=default.timeout_s, dest="timeout_s",
+                       help=f"seconds for one request, upload to answer (408 / 503; default {default.timeout_s:g})")
+    serve.add_argument("--max-batch", type=int, default=default.max_batch,
+                       help=f"concurrent requests predicted in one batch (default {default.max_batch})")
+    serve.add_argument("--max-wait-ms", type=float, default=default.max_wait_ms,
+                       help=f"how long a batch waits to fill (default {default.max_wait_ms:g})")
+    serve.add_argument("--workers", type=int, default=default.workers,
+                       help="inference threads (default 1: one batch already uses every core)")
+    serve.add_argument("--token", default=None,
+                       help=f"bearer token required on /predict and /metrics (401 without it); prefer ${TOKEN_VARIABLE}, "
+                            "which other users of the machine cannot read from the process list")
+    serve.add_argument("--cors-origin", action="append", default=[], dest="cors_origins", metavar="ORIGIN",
+                       help="a browser origin allowed to call the API, e.g. https://app.example.com "
+                            "(repeatable; none by default)")
+    serve.add_argument("--docs", action="store_true", help="serve the API docs at /docs and /openapi.json (off by default)")
+
+
+def serve(args) -> int:
+    import os
+
+    from detector.serve import ServeSettings, run_server
+    from detector.serving.settings import TOKEN_VARIABLE
+
+    settings = ServeSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                             queue_size=args.queue_size, timeout_s=args.timeout_s, max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms, workers=args.workers,
+                             token=args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE),
+                             cors_origins=tuple(args.cors_origins), docs=args.docs)
+    run_server(args.weights, host=args.host, port=args.port, device=args.device, settings=settings,
+               overrides=args.settings + args.overrides, backend=args.backend, precision=args.precision,
+               slicing=slice_changes(args))
     return 0
 
 
@@ -367,8 +557,11 @@ def analyze(args) -> int:
         from detector.inference.overrides import select_test_time_overrides
 
         config = load_config(args.config, args.overrides)
+        from detector.inference.slicing import SliceSettings
+
+        slicing = SliceSettings.from_config(config.inference.slice, **slice_changes(args))
         result = analyze_checkpoint(config, args.weights, args.out, select_test_time_overrides(args.overrides),
-                                    backend=args.backend, precision=args.precision, **options)
+                                    backend=args.backend, precision=args.precision, slicing=slicing, **options)
         for sample in result["skipped_images"]:
             print(f"WARNING: {sample}; left out of the analysis", file=sys.stderr)
     else:

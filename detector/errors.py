@@ -60,6 +60,20 @@ class DataError(DetectorError, ValueError):
     """A dataset cannot be read; the message names the file (and line, annotation or image)."""
 
 
+class ImageFileError(DataError):
+    """An image file (or upload) is missing, empty, not an image or cut short; `reason` says
+    which, without the name, so that callers can phrase it their way."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+class ImageTooLargeError(ImageFileError):
+    """An image declares more pixels than the limit (a decompression bomb, or a photo larger than
+    a server accepts); found from its header, before any decoder allocates it."""
+
+
 class DatasetError(DataError):
     """A data set is unknown, not installed, or fails its checks; the message says what to run."""
 

@@ -182,10 +182,8 @@ def read_metadata(metadata: dict[str, str], path: Path) -> dict:
         raise CheckpointError(f"{path}: metadata {error}") from None
     try:
         config = json.loads(metadata.get("config", "{}"))
-        if not isinstance(config, dict):
-            raise ValueError(config)
         classes = config.get("model", {}).get("num_classes")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError):  # not JSON, or JSON but not a mapping of sections
         raise CheckpointError(f"{path}: metadata 'config' is not the JSON config `detector export` writes") from None
     values["config"] = config
     if classes is not None and classes != len(ids):
