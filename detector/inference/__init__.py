@@ -13,6 +13,8 @@
   records.py     one image file -> one JSON Lines record (decode; predict a batch)
   jsonl.py       a streamed run's folder: shards, the manifest a rerun resumes from, the COCO merge
   ray_predict.py `detector predict --ray`: records.py on a Ray Data actor pool, into jsonl.py
+  slicing.py     sliced prediction: tiles of a large image, merged (merging.py)
+  tta.py         test-time augmentation: mirrored and resized views, merged (merging.py)
 
 eval, analyze, predict, serve and export all load through `load_predictor` (or, for export,
 the eager predictor it builds) and apply test-time settings through overrides.py.

@@ -5,8 +5,9 @@ analyze, predict and serve load through it, so every command runs every backend:
   .onnx  a file of `detector export`, run by ONNX Runtime, or by OpenVINO with
          backend="openvino" (inference/exported.py), in f32 unless precision="bf16" (OpenVINO only)
 
-Either may predict sliced (inference/slicing.py): by the `inference.slice` of the config saved
-with the weights, or as `slicing` says.
+Either may predict sliced (inference/slicing.py) and with test-time augmentation
+(inference/tta.py, around the slicing): by the `inference.slice` and `inference.tta` of the
+config saved with the weights, or as `slicing` and `tta` say.
 """
 from __future__ import annotations
 
@@ -23,20 +24,24 @@ def is_onnx(weights: str | Path) -> bool:
 def load_predictor(weights: str | Path, device: str = "auto", score_thresh: float | None = None,
                    max_detections: int | None = None, overrides: Sequence[str] = (), compile: bool = False,
                    backend: str | None = None, precision: str | None = None,
-                   slicing: "SliceSettings | dict | None" = None):
+                   slicing: "SliceSettings | dict | None" = None, tta: "TtaSettings | dict | None" = None):
     """A predictor for `weights` (see the module's table). Every one has `predict(images)`,
     `check_size(height, width, name)`, `model`, `device`, `category_ids` and `category_names`.
     `overrides` are test-time settings (inference/overrides.py); `compile` runs a checkpoint
     through torch.compile; `backend` and `precision` choose how an exported file runs.
     `slicing`: SliceSettings to use, or a dict of changes ({"size": 512}) to the `inference.slice`
-    saved with the weights, which apply when it is None."""
+    saved with the weights, which apply when it is None. `tta` likewise, of `inference.tta`."""
     from detector.inference.slicing import SlicedPredictor, SliceSettings
+    from detector.inference.tta import TtaPredictor, TtaSettings
 
     predictor = _load_unsliced(weights, device, score_thresh, max_detections, overrides, compile, backend, precision)
+    saved = predictor.saved_config.get("inference", {})
     if not isinstance(slicing, SliceSettings):
-        saved = predictor.saved_config.get("inference", {}).get("slice", {})
-        slicing = SliceSettings.from_config(saved, **(slicing or {}))
-    return SlicedPredictor(predictor, slicing) if slicing.enabled else predictor
+        slicing = SliceSettings.from_config(saved.get("slice", {}), **(slicing or {}))
+    if not isinstance(tta, TtaSettings):
+        tta = TtaSettings.from_config(saved.get("tta", {}), **(tta or {}))
+    predictor = SlicedPredictor(predictor, slicing) if slicing.enabled else predictor
+    return TtaPredictor(predictor, tta) if tta.enabled else predictor
 
 
 def _load_unsliced(weights, device, score_thresh, max_detections, overrides, compile, backend, precision):

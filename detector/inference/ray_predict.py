@@ -74,6 +74,8 @@ def predict_on_ray(spec: dict, patterns: Sequence[str], out: str | Path, options
     predictor = check_predictor(spec)  # broken weights or settings: one line here, not a crash in every actor
     if hasattr(predictor, "settings"):  # sliced (inference/slicing.py)
         log(predictor.settings.describe())
+    if hasattr(predictor, "tta"):  # inference/tta.py
+        log(predictor.tta.describe())
     categories = list(zip(predictor.category_ids, predictor.category_names))
     del predictor
     started_ray = connect(ray, options.address)  # before anything is written: a wrong address leaves no folder

@@ -14,7 +14,6 @@ batch is one forward pass.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from detector.choices import MIN_TILE_SIZE
+from detector.config import settings_from_section
 from detector.errors import ConfigError
 from detector.inference.categories import with_categories
 from detector.inference.merging import CUT_TOLERANCE, merge_detections
@@ -55,19 +55,17 @@ class SliceSettings:
 
     @property
     def enabled(self) -> bool:
+        """Whether images are predicted sliced: `size` > 0 (0 = whole images)."""
         return self.size > 0
 
     @classmethod
     def from_config(cls, section: Any, **changes) -> "SliceSettings":
         """Settings of a config's `inference.slice` (the dataclass or its dict; keys it lacks keep
         their defaults, as in a checkpoint older than slicing), with `changes` applied."""
-        values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in values.items() if key in names}
-        values.update({key: value for key, value in changes.items() if value is not None})
-        return cls(**values)
+        return settings_from_section(cls, section, changes)
 
     def describe(self) -> str:
+        """One line for the log: tile size, overlap, whether the full image is added, tiles per batch."""
         return (f"sliced: {self.size} px tiles, overlap {self.overlap:g}"
                 + (", plus the full image" if self.full_image else "") + f", {self.batch_size} tiles per batch")
 
