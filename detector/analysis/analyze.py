@@ -1,8 +1,9 @@
 """After training: `detector analyze`, from COCO files or from a checkpoint and a config.
 
-Writes into one folder: analysis.json (AP50, the TIDE error breakdown, the operating point with
-per-class precision / recall / F1, the confusion matrix, the images ranked by errors) and the
-pictures errors.png, confusion_matrix.png, f1_curve.png and worst_images.jpg.
+Writes into one folder: analysis.json (AP50, or AP75 with --iou 0.75; the TIDE error breakdown;
+the operating point with per-class precision / recall / F1; the confusion matrix; the images
+ranked by errors) and the pictures errors.png, confusion_matrix.png, f1_curve.png and
+worst_images.jpg.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from detector.analysis.confusion import confusion_matrix
 from detector.analysis.detections import EvalSet, load_coco_files
-from detector.analysis.errors import BACKGROUND_IOU, FOREGROUND_IOU, error_breakdown
+from detector.analysis.errors import BACKGROUND_IOU, FOREGROUND_IOU, ap_name, check_foreground_iou, error_breakdown
 from detector.analysis.galleries import draw_worst_images
 from detector.analysis.operating_point import operating_point
 from detector.analysis.plots import plot_confusion_matrix, plot_error_breakdown, plot_f1_curves
@@ -20,18 +21,21 @@ WORST_IMAGES = 9
 
 
 def analyze(evalset: EvalSet, out_dir: str | Path, score_threshold: float | None = None,
-            worst: int = WORST_IMAGES, image_root: str | Path | None = None) -> dict:
+            worst: int = WORST_IMAGES, image_root: str | Path | None = None, iou: float = FOREGROUND_IOU) -> dict:
     """Every analysis of `evalset`, written to `out_dir`; returns analysis.json's content plus
-    "files" (what was written) and "unreadable_images" (gallery images not found)."""
+    "files" (what was written) and "unreadable_images" (gallery images not found). `iou` is the
+    foreground IoU a detection needs to be right (TIDE's t_f): the AP and its gains are AP at it,
+    named so ("AP75", "dAP75" at 0.75)."""
+    check_foreground_iou(iou)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    breakdown = error_breakdown(evalset)
+    breakdown = error_breakdown(evalset, fg=iou)
     point = operating_point(evalset, breakdown.images, score_threshold)
-    matrix = confusion_matrix(evalset, breakdown.images, point.threshold)
+    matrix = confusion_matrix(evalset, breakdown.images, point.threshold, iou)
     ranked = sorted((image for image in point.images if image.num_errors), key=lambda i: -i.num_errors)
     result = {
-        "AP50": breakdown.ap50,
-        "iou_thresholds": {"foreground": FOREGROUND_IOU, "background": BACKGROUND_IOU},
+        ap_name(iou): breakdown.ap50,
+        "iou_thresholds": {"foreground": iou, "background": BACKGROUND_IOU},
         "errors": breakdown.to_json(),
         "operating_point": point.to_json(),
         "confusion_matrix": matrix.to_json(),
@@ -59,27 +63,33 @@ def analyze_files(ground_truth: str | Path, predictions: str | Path, out_dir: st
 
 
 def analyze_checkpoint(config, weights: str | Path, out_dir: str | Path | None = None, overrides=(),
-                       backend: str | None = None, precision: str | None = None, slicing=None, **options) -> dict:
+                       backend: str | None = None, precision: str | None = None, slicing=None, tta=None,
+                       **options) -> dict:
     """Predict the config's val set with `weights` (a checkpoint with its own model config and
     test-time `model.*` overrides, or an exported .onnx on `backend` at `precision`: loaded as
     `detector eval` loads it), write predictions.json / ground_truth.json with the COCO metrics
     into `out_dir` (default: <output>/eval/analysis), then analyze them. The result's
     "skipped_images" names the val images left out (unreadable, or too thin to resize). `slicing`
-    (SliceSettings) predicts sliced; None takes the config's `inference.slice`."""
+    (SliceSettings) predicts sliced; None takes the config's `inference.slice`; `tta`
+    (TtaSettings) likewise, of `inference.tta`."""
     from detector.config_checks import check_data_paths
     from detector.data import CategoryMap, load_dataset
     from detector.engine.evaluation import evaluate_model
     from detector.errors import ConfigError
     from detector.inference import load_predictor
     from detector.inference.slicing import SliceSettings
+    from detector.inference.tta import TtaSettings
 
     if config.data.val is None:
         raise ConfigError("data.val is not set: `detector analyze CONFIG --weights W` predicts the val set")
     check_data_paths(config.data)
     if slicing is None:
         slicing = SliceSettings.from_config(config.inference.slice)
+    if tta is None:
+        tta = TtaSettings.from_config(config.inference.tta)
+    check_foreground_iou(options.get("iou", FOREGROUND_IOU))  # before the val set is predicted
     predictor = load_predictor(weights, device=config.train.device, overrides=list(overrides), backend=backend,
-                               precision=precision, slicing=slicing)
+                               precision=precision, slicing=slicing, tta=tta)
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out_dir = Path(out_dir) if out_dir else Path(config.output) / "eval" / "analysis"

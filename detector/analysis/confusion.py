@@ -1,4 +1,4 @@
-"""Confusion matrix over the classes plus background, at IoU 0.5 and one score threshold.
+"""Confusion matrix over the classes plus background, at IoU 0.5 (analyze --iou) and one score threshold.
 
 Rows are the truth, columns the prediction; the last row and column are "background":
 

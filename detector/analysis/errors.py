@@ -2,7 +2,9 @@
 
 Definitions of TIDE (Bolya et al., "TIDE: A General Toolbox for Identifying Object Detection
 Errors", ECCV 2020) and of its reference code (`tidecv`), foreground IoU t_f = 0.5, background
-IoU t_b = 0.1:
+IoU t_b = 0.1. A stricter t_f (`detector analyze --iou 0.75`) asks how tight the boxes sit: a
+detection right at 0.5 but under 0.75 becomes a loc error, and "AP50" below reads AP at t_f
+(AP75, dAP75):
 
 Matching (COCO's, per image): detections in score order each take the unmatched ground-truth
 box of their class with the highest IoU >= t_f: a true positive. A detection left unmatched
@@ -42,6 +44,7 @@ import numpy as np
 
 from detector.analysis.average_precision import mean_average_precision
 from detector.analysis.detections import EvalSet, ImageBoxes, box_iou, crowd_iou
+from detector.errors import InputError
 
 FOREGROUND_IOU = 0.5
 BACKGROUND_IOU = 0.1
@@ -69,17 +72,30 @@ class ImageErrors:
 class ErrorBreakdown:
     """Counts and oracle dAP50 of every error type over an EvalSet; `images` in its order."""
 
-    ap50: float | None
+    ap50: float | None  # AP at foreground_iou (AP50 by default)
     counts: dict[str, int]
     fixed_ap50: dict[str, float | None]
     images: list[ImageErrors]
+    foreground_iou: float = FOREGROUND_IOU
 
     @property
     def delta_ap50(self) -> dict[str, float | None]:
         return {t: None if self.ap50 is None or v is None else v - self.ap50 for t, v in self.fixed_ap50.items()}
 
     def to_json(self) -> dict:
-        return {t: {"count": self.counts[t], "dAP50": self.delta_ap50[t]} for t in ERROR_TYPES}
+        gain = "d" + ap_name(self.foreground_iou)
+        return {t: {"count": self.counts[t], gain: self.delta_ap50[t]} for t in ERROR_TYPES}
+
+
+def ap_name(fg: float) -> str:
+    """The name of AP at foreground IoU `fg`, as COCO names it: AP50, AP75."""
+    return f"AP{fg * 100:g}"
+
+
+def check_foreground_iou(fg: float) -> None:
+    if not BACKGROUND_IOU < fg <= 1:
+        raise InputError(f"--iou {fg}: a foreground IoU in ({BACKGROUND_IOU}, 1] (above the background IoU "
+                         f"{BACKGROUND_IOU}), e.g. 0.75")
 
 
 def classify_image(image: ImageBoxes, fg: float = FOREGROUND_IOU, bg: float = BACKGROUND_IOU) -> ImageErrors:
@@ -132,7 +148,7 @@ def error_breakdown(evalset: EvalSet, fg: float = FOREGROUND_IOU, bg: float = BA
     counts["miss"] = int(sum(i.gt_missed.sum() for i in images))
     ap50 = mean_average_precision(*_ap_points(evalset, images, fix=None))
     fixed = {t: mean_average_precision(*_ap_points(evalset, images, fix=t)) for t in ERROR_TYPES}
-    return ErrorBreakdown(ap50, counts, fixed, images)
+    return ErrorBreakdown(ap50, counts, fixed, images, fg)
 
 
 def _ap_points(evalset: EvalSet, verdicts: list[ImageErrors], fix: str | None

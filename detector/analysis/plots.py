@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from detector.analysis.anchor_fit import MEDIUM_AREA, SMALL_AREA, AnchorFit, ModelBoxes, grid_shapes
 from detector.analysis.confusion import ConfusionMatrix
-from detector.analysis.errors import ERROR_TYPES, ErrorBreakdown
+from detector.analysis.errors import ERROR_TYPES, ErrorBreakdown, ap_name
 from detector.analysis.operating_point import CURVE_THRESHOLDS, OperatingPoint
 from detector.engine.plots import MAX_LEGEND_CLASSES, save_figure
 
@@ -124,7 +124,8 @@ def plot_error_breakdown(breakdown: ErrorBreakdown, out_png: str | Path) -> Path
     bars = gain_axes.bar(labels, gains, color=colors)
     gain_axes.bar_label(bars, labels=[f"{g:.3f}" for g in gains], fontsize="small")
     ap = "n/a" if breakdown.ap50 is None else f"{breakdown.ap50:.3f}"
-    gain_axes.set(title=f"AP50 {ap}: gain if one error type were fixed (dAP50)", ylabel="dAP50")
+    name = ap_name(breakdown.foreground_iou)
+    gain_axes.set(title=f"{name} {ap}: gain if one error type were fixed (d{name})", ylabel=f"d{name}")
     bars = count_axes.bar(labels, [breakdown.counts[t] for t in ERROR_TYPES], color=colors)
     count_axes.bar_label(bars, fontsize="small")
     count_axes.set(title="errors of each type (false positives; missed boxes)", ylabel="count")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detector.analysis.errors import ERROR_TYPES
+from detector.analysis.errors import ERROR_TYPES, ap_name
 from detector.analysis.plots import ERROR_NAMES
 
 
@@ -72,13 +72,14 @@ def format_small_objects(report: dict) -> list[str]:
 
 
 def format_analysis(result: dict, out_dir) -> str:
-    ap = "n/a" if result["AP50"] is None else f"{result['AP50']:.4f}"
-    lines = [f"AP50 {ap}; errors (TIDE: fg IoU {result['iou_thresholds']['foreground']:g}, "
-             f"bg IoU {result['iou_thresholds']['background']:g}) and the AP50 each would gain if fixed:"]
+    name = ap_name(result["iou_thresholds"]["foreground"])  # AP50, or AP75 with --iou 0.75
+    ap = "n/a" if result[name] is None else f"{result[name]:.4f}"
+    lines = [f"{name} {ap}; errors (TIDE: fg IoU {result['iou_thresholds']['foreground']:g}, "
+             f"bg IoU {result['iou_thresholds']['background']:g}) and the {name} each would gain if fixed:"]
     for error_type in ERROR_TYPES:
         entry = result["errors"][error_type]
-        gain = "n/a" if entry["dAP50"] is None else f"{entry['dAP50']:+.4f}"
-        lines.append(f"  {error_type:<5} {ERROR_NAMES[error_type]:<15} {entry['count']:>7}  dAP50 {gain}")
+        gain = "n/a" if entry["d" + name] is None else f"{entry['d' + name]:+.4f}"
+        lines.append(f"  {error_type:<5} {ERROR_NAMES[error_type]:<15} {entry['count']:>7}  d{name} {gain}")
     point = result["operating_point"]
     lines.append(f"at score >= {point['score_threshold']:.3f} (best mean F1 {point['mean_f1']:.3f} at "
                  f"{point['best_f1_threshold']:.3f}):")

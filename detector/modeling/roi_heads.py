@@ -17,6 +17,7 @@ from detector import choices, ops
 from detector.choices import spell
 from detector.ops.fallback import match_with_fallback
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.box_loss import box_regression_loss
 from detector.modeling.geometry import MIN_BOX_SIZE
 from detector.modeling.roi_pooler import RoIPooler
 from detector.modeling.sampler import sample_balanced
@@ -86,7 +87,8 @@ class ROIHeads(nn.Module):
 
     Training: the ground-truth boxes join the proposals, proposals are matched at
     `fg_iou_thresh`, `batch_size_per_image` are sampled at `positive_fraction` objects, and the
-    losses are softmax + cross-entropy over K+1 classes and smooth-L1 on the true class's deltas.
+    losses are softmax + cross-entropy over K+1 classes and, on the true class's deltas,
+    smooth-L1 or GIoU of the boxes they decode to (`box_loss`, modeling/box_loss.py).
     Inference: softmax, decode per class, drop scores < `score_thresh`, per-class NMS at
     `nms_thresh` (or Soft-NMS with `nms_method` gaussian / linear), keep `detections_per_img`.
     `forward(features, proposals, image_sizes, targets)` returns (detections, losses).
@@ -108,6 +110,7 @@ class ROIHeads(nn.Module):
         nms_method: str = "hard",
         soft_nms_sigma: float = 0.5,
         soft_nms_min_score: float = 1e-3,
+        box_loss: str = "smooth_l1",
     ):
         super().__init__()
         self.box_roi_pool = box_roi_pool
@@ -126,6 +129,9 @@ class ROIHeads(nn.Module):
         self.nms_method = nms_method
         self.soft_nms_sigma = soft_nms_sigma
         self.soft_nms_min_score = soft_nms_min_score
+        if box_loss not in choices.BOX_LOSSES:
+            raise ConfigError(f"model.roi_heads.box_loss: {spell(choices.BOX_LOSSES)}, got {box_loss!r}")
+        self.box_loss = box_loss
         self.last_sampled_counts: dict[str, float] = {}
 
     def forward(
@@ -142,7 +148,7 @@ class ROIHeads(nn.Module):
         box_features = self.box_head(self.box_roi_pool(features, proposals))
         class_logits, box_deltas = self.box_predictor(box_features)
         if self.training:
-            return [], self.compute_loss(class_logits, box_deltas, labels, regression_targets)
+            return [], self.compute_loss(class_logits, box_deltas, labels, regression_targets, proposals)
         return self.predict_detections(class_logits, box_deltas, proposals, image_sizes), {}
 
     def label_and_sample_proposals(
@@ -177,7 +183,8 @@ class ROIHeads(nn.Module):
         return sampled_proposals, sampled_labels, regression_targets
 
     def compute_loss(
-        self, class_logits: Tensor, box_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+        self, class_logits: Tensor, box_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor],
+        proposals: list[Tensor],
     ) -> dict[str, Tensor]:
         labels = torch.cat(labels)
         regression_targets = torch.cat(regression_targets)
@@ -185,9 +192,8 @@ class ROIHeads(nn.Module):
         # Only foreground proposals regress, and only through the deltas of their own class.
         positive = torch.where(labels > 0)[0]
         box_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)
-        box_loss = F.smooth_l1_loss(
-            box_deltas[positive, labels[positive]], regression_targets[positive], beta=1 / 9, reduction="sum"
-        ) / max(labels.numel(), 1)
+        box_loss = box_regression_loss(self.box_loss, box_deltas[positive, labels[positive]], regression_targets[positive],
+                                       torch.cat(proposals)[positive], self.box_coder, labels.numel())
         return {"loss_classifier": classification_loss, "loss_box_reg": box_loss}
 
     def predict_detections(
