@@ -1,8 +1,10 @@
 """Training augmentation with albumentations, built from `AugmentConfig`.
 
-Order: random rescale (`scale`), horizontal flip (`hflip`), photometric jitter (ColorJitter:
-`brightness`, `contrast`, `saturation`, `hue`). Boxes move with the image (pascal_voc = xyxy
-pixels); a box that ends up below 1 px^2 or less than 10% visible is dropped with its label.
+Order: horizontal flip (`hflip`), photometric jitter (ColorJitter: `brightness`, `contrast`,
+`saturation`, `hue`). There is no rescale here: the model resizes every image to its own size,
+so scale jitter is the model's (`model.transform.train_min_sizes`, modeling/transform.py).
+Boxes move with the image (pascal_voc = xyxy pixels); a box that ends up below 1 px^2 or less
+than 10% visible is dropped with its label.
 Validation uses no augmentation. The random state is albumentations' own, reseeded per
 loader worker and epoch (see loader.py), so a run is reproducible.
 """
@@ -28,9 +30,6 @@ class Augmentation:
     def __init__(self, config: AugmentConfig, seed: int | None = None) -> None:
         check_section(config, "data.augment")  # also for an AugmentConfig built without load_config
         transforms = []
-        low, high = config.scale
-        if (low, high) != (1.0, 1.0):
-            transforms.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
         if config.hflip > 0:
             transforms.append(A.HorizontalFlip(p=config.hflip))
         jitter = (config.brightness, config.contrast, config.saturation, config.hue)
@@ -65,6 +64,6 @@ def build_augmentation(config: AugmentConfig | None, *, train: bool, seed: int |
         return None
     check_section(config, "data.augment")  # also for an AugmentConfig built without load_config
     jitter = (config.brightness, config.contrast, config.saturation, config.hue)
-    if config.hflip == 0 and tuple(config.scale) == (1.0, 1.0) and not any(jitter):
+    if config.hflip == 0 and not any(jitter):
         return None
     return Augmentation(config, seed)

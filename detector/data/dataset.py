@@ -185,7 +185,8 @@ def read_records(config: DatasetConfig, category_map: CategoryMap | None = None,
         return read_yolo(path("root"), config.split, path("names"), category_map)
     if config.format == "synthetic":
         root = Path(config.root).expanduser() if config.root else DEFAULT_SYNTHETIC_ROOT.expanduser()
-        annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed, config.scene)
+        annotations = make_synthetic_dataset(root, need("split"), config.num_images, config.seed, config.scene,
+                                             config.class_weights)
         return read_coco(annotations, None, category_map, verify_images=verify_images)
     raise DataError(f"data: unknown dataset format {config.format!r}; expected {spell(DATA_FORMATS)}")
 

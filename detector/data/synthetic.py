@@ -11,6 +11,11 @@ images, 20 to 40 objects of 10 to 40 px each, the same classes, colours and back
 third of them are centred on a likely tile seam (a multiple of 400 or of 512 px, in x or y), so
 that tiles cut them. It is drawn into `root/large-<split>/`, beside the demo's own folders.
 
+`class_weights` (four relative frequencies, circle..cross) makes a class-imbalanced variant, e.g.
+[1, 1, 1, 0.05] for crosses 20x rarer than each other class (configs/shapes_imbalanced.yaml, for
+repeat-factor sampling); it is drawn into `root/<split>-w<weights>/`, and without it the draws
+are exactly the balanced set's.
+
 Everything follows from (seed, split, image index): the same call draws the same pixels, and
 train and val (different splits) never share an image. `root/<split>/manifest.json` records
 the parameters, and a second call with the same ones reuses the files. The default scene's
@@ -18,6 +23,7 @@ files and manifest are those of GENERATOR_VERSION 1, unchanged by the large scen
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -46,7 +52,7 @@ SEAM_STEPS = (400, 512)  # seams of likely tile sizes: every multiple of these, 
 
 
 def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: int = 200, seed: int = 0,
-                           scene: str = "shapes") -> Path:
+                           scene: str = "shapes", class_weights: list[float] | None = None) -> Path:
     """Draw (or reuse) `root/<split>/` (scene "large": `root/large-<split>/`): `images/*.jpg`
     and `instances.json` (COCO, categories 1..4 = circle, square, triangle, cross). Returns the
     JSON's path."""
@@ -56,11 +62,17 @@ def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: i
         raise ConfigError(f"synthetic num_images must be >= 1, got {num_images}")
     if scene not in SCENES:
         raise ConfigError(f"synthetic scene must be one of {', '.join(SCENES)}, got {scene!r}")
-    target = Path(root).expanduser() / (split if scene == "shapes" else f"{scene}-{split}")
+    weights = _class_probabilities(class_weights)
+    folder = split if scene == "shapes" else f"{scene}-{split}"
+    if weights is not None:  # its own folder: the balanced set's files stay valid beside it
+        folder += "-w" + "_".join(f"{w:g}" for w in class_weights)
+    target = Path(root).expanduser() / folder
     manifest = {"generator_version": GENERATOR_VERSION, "split": split, "num_images": int(num_images),
                 "seed": int(seed), "classes": list(CLASSES)}
     if scene != "shapes":  # the demo's manifest stays as it was, so its drawn files are reused
         manifest["scene"] = scene
+    if weights is not None:
+        manifest["class_weights"] = [float(w) for w in class_weights]
     if _is_complete(target, manifest):
         return target / ANNOTATIONS
 
@@ -69,7 +81,8 @@ def make_synthetic_dataset(root: str | Path, split: str = "train", num_images: i
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".{split}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
-        _draw_dataset(scratch, split, num_images, seed, draw_large_image if scene == "large" else draw_image)
+        draw = functools.partial(draw_large_image if scene == "large" else draw_image, class_probabilities=weights)
+        _draw_dataset(scratch, split, num_images, seed, draw)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if _is_complete(target, manifest):  # another process finished first
             return target / ANNOTATIONS
@@ -123,7 +136,25 @@ def _draw_dataset(folder: Path, split: str, num_images: int, seed: int, draw=Non
     (folder / ANNOTATIONS).write_text(json.dumps(data))
 
 
-def draw_image(rng: np.random.Generator, objects: bool = True) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
+def _class_probabilities(class_weights: list[float] | None) -> np.ndarray | None:
+    if class_weights is None:
+        return None
+    weights = np.asarray(class_weights, np.float64)
+    if weights.shape != (len(CLASSES),) or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"synthetic class_weights must be {len(CLASSES)} weights >= 0 ({', '.join(CLASSES)}), "
+                          f"not all 0, got {class_weights!r}")
+    return weights / weights.sum()
+
+
+def _pick_class(rng: np.random.Generator, probabilities: np.ndarray | None) -> str:
+    """A class name: uniform (the balanced set's draw, unchanged) or by `probabilities`."""
+    if probabilities is None:
+        return CLASSES[int(rng.integers(len(CLASSES)))]
+    return CLASSES[int(rng.choice(len(CLASSES), p=probabilities))]
+
+
+def draw_image(rng: np.random.Generator, objects: bool = True,
+               class_probabilities: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
     """One BGR image and its objects [(category id, [x1, y1, x2, y2] ints, pixel area)].
     `objects=False` gives the same image's bare background (the tests compare the two)."""
     width, height = int(rng.integers(320, 481)), int(rng.integers(320, 481))
@@ -136,7 +167,7 @@ def draw_image(rng: np.random.Generator, objects: bool = True) -> tuple[np.ndarr
     drawn = []
     for _ in range(count):
         for _attempt in range(30):
-            name = CLASSES[int(rng.integers(len(CLASSES)))]
+            name = _pick_class(rng, class_probabilities)
             limit = min(MAX_SIZE, int(0.6 * min(width, height)))
             size = int(round(np.exp(rng.uniform(np.log(MIN_SIZE), np.log(limit)))))
             mask = _shape_mask(rng, name, size, width, height)
@@ -173,7 +204,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return image
 
 
-def draw_large_image(rng: np.random.Generator, objects: bool = True) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
+def draw_large_image(rng: np.random.Generator, objects: bool = True, class_probabilities: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
     """One BGR large-scene image (2000 x 1500) and its objects, as `draw_image`: 10-40 px shapes,
     about a third of them centred on a seam line (a multiple of 400 or 512 px)."""
     width, height = LARGE_WIDTH, LARGE_HEIGHT
@@ -185,7 +217,7 @@ def draw_large_image(rng: np.random.Generator, objects: bool = True) -> tuple[np
     drawn = []
     for _ in range(int(rng.integers(LARGE_OBJECTS[0], LARGE_OBJECTS[1] + 1))):
         for _attempt in range(30):
-            name = CLASSES[int(rng.integers(len(CLASSES)))]
+            name = _pick_class(rng, class_probabilities)
             size = int(round(np.exp(rng.uniform(np.log(LARGE_MIN_SIZE), np.log(LARGE_MAX_SIZE)))))
             w, h = _shape_extent(rng, name, size, width, height, LARGE_MIN_SIZE)
             x, y = _large_position(rng, w, h, width, height)

@@ -54,6 +54,8 @@ class FasterRCNN(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training mode: the four losses of `images` against `targets` (checked first, a TargetError
+        naming what is wrong). Eval mode: `detect(images)`, one {"boxes", "labels", "scores"} per image."""
         if not self.training:
             return self.detect(images)
         if targets is None:
@@ -75,6 +77,8 @@ class FasterRCNN(nn.Module):
         return detections
 
     def detect_same_size(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections of images that run as one batch (one forward pass), boxes mapped back to each
+        image's own size; `detect` calls it once per group of the same padded size."""
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
@@ -83,6 +87,8 @@ class FasterRCNN(nn.Module):
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     def check_targets(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
+        """Raise a TargetError naming the target and box at fault: one target per image, float [N, 4]
+        boxes with x2 > x1, y2 > y1 and finite coordinates, int64 [N] labels in 1..num_classes."""
         if len(targets) != len(images):
             raise TargetError(f"{len(images)} images but {len(targets)} targets")
         for index, target in enumerate(targets):
@@ -121,6 +127,7 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         image_mean=cfg.transform.image_mean or backbone.image_mean,
         image_std=cfg.transform.image_std or backbone.image_std,
         size_divisible=cfg.transform.size_divisible,
+        train_min_sizes=tuple(cfg.transform.train_min_sizes or ()),
     )
 
     check_anchors_fit_backbone(cfg, backbone)
@@ -170,6 +177,7 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         nms_method=roi.nms_method,
         soft_nms_sigma=roi.soft_nms_sigma,
         soft_nms_min_score=roi.soft_nms_min_score,
+        box_loss=roi.box_loss,
     )
     return FasterRCNN(transform, backbone, rpn, roi_heads, cfg.num_classes)
 

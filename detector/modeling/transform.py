@@ -7,6 +7,11 @@ themselves (resize, padding) live in geometry.py, which the exported graph and t
 share; the resize there is exact integer arithmetic, one pixel more than torchvision's doubles
 on a few sizes (392 x 399 at 256 -> 256 rows; torchvision's 255), the same on every backend.
 
+Multi-scale training (`train_min_sizes`: torchvision's min_size tuple, detectron2's
+ResizeShortestEdge): in training mode each batch's short side is drawn from the list, one size
+for the whole batch, from torch's global generator, so the seed decides it and a checkpoint's
+RNG state resumes it exactly; in eval mode the size is always `min_size`.
+
 At inference an image must give the same detections alone or in any batch, so the model runs
 only images of one padded size together (`run_size_groups`): padding to a larger neighbour
 would change the features near the image's border and add anchors the image does not have.
@@ -49,9 +54,11 @@ class DetectionTransform(nn.Module):
         image_mean: tuple[float, float, float],
         image_std: tuple[float, float, float],
         size_divisible: int = 32,
+        train_min_sizes: tuple[int, ...] = (),
     ):
         super().__init__()
         self.min_size = min_size
+        self.train_min_sizes = tuple(train_min_sizes)  # empty: training uses min_size too
         self.max_size = max_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
@@ -62,9 +69,10 @@ class DetectionTransform(nn.Module):
     ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
         resized_images = []
         resized_targets = [] if targets is not None else None
+        min_size = self.draw_min_size()
         for index, image in enumerate(images):
-            self.check_image(image, index)
-            resized = self.resize(self.normalize(image))
+            self.check_image(image, index, min_size)
+            resized = self.resize(self.normalize(image), min_size)
             resized_images.append(resized)
             if targets is not None:
                 target = dict(targets[index])
@@ -73,7 +81,13 @@ class DetectionTransform(nn.Module):
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized_images]
         return ImageList(self.batch_images(resized_images), image_sizes), resized_targets
 
-    def check_image(self, image: Tensor, index: int) -> None:
+    def draw_min_size(self) -> int:
+        """This batch's short side: `min_size`, or in training mode one of `train_min_sizes`."""
+        if not self.training or not self.train_min_sizes:
+            return self.min_size
+        return self.train_min_sizes[int(torch.randint(len(self.train_min_sizes), ()))]
+
+    def check_image(self, image: Tensor, index: int, min_size: int | None = None) -> None:
         """A [3, H, W] float image that resizes to at least one pixel a side, or an InputError
         naming image `index` (DegenerateImageError for the size)."""
         if image.dim() != 3 or image.shape[0] != 3:
@@ -83,7 +97,8 @@ class DetectionTransform(nn.Module):
                 f"image {index}: expected a float tensor with values in 0..1, got {image.dtype} "
                 "(convert with image.float() / 255)"
             )
-        check_resizable(int(image.shape[-2]), int(image.shape[-1]), self.min_size, self.max_size, f"image {index}")
+        check_resizable(int(image.shape[-2]), int(image.shape[-1]), min_size or self.min_size, self.max_size,
+                        f"image {index}")
 
     def run_size(self, height: int, width: int) -> tuple[int, int]:
         """The padded size an image of height x width runs at, alone."""
@@ -103,9 +118,9 @@ class DetectionTransform(nn.Module):
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
         return (image - mean[:, None, None]) / std[:, None, None]
 
-    def resize(self, image: Tensor) -> Tensor:
+    def resize(self, image: Tensor, min_size: int | None = None) -> Tensor:
         # Interpolating to floor(side * scale) is what torchvision's recompute_scale_factor=True does.
-        size = resized_size(int(image.shape[-2]), int(image.shape[-1]), self.min_size, self.max_size)
+        size = resized_size(int(image.shape[-2]), int(image.shape[-1]), min_size or self.min_size, self.max_size)
         return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def batch_images(self, images: list[Tensor]) -> Tensor:
@@ -129,5 +144,7 @@ class DetectionTransform(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"normalize(mean={self.image_mean}, std={self.image_std}), "
-            f"resize(min_size={self.min_size}, max_size={self.max_size}), pad to /{self.size_divisible}"
+            f"resize(min_size={self.min_size}, max_size={self.max_size}"
+            + (f", training: one of {list(self.train_min_sizes)} per batch" if self.train_min_sizes else "")
+            + f"), pad to /{self.size_divisible}"
         )

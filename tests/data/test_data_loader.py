@@ -125,7 +125,7 @@ def augmented_dataset(tmp_path, n=6):
     image[8:24, 4:20] = 255
     cv2.imwrite(str(tmp_path / "a.png"), image)
     records = [ImageRecord(i, tmp_path / "a.png", 48, 32, [[4, 8, 20, 24]], [1], [False]) for i in range(n)]
-    config = AugmentConfig(hflip=0.5, scale=(0.5, 1.5), brightness=0.3)
+    config = AugmentConfig(hflip=0.5, brightness=0.3)
     return DetectionDataset(records, CategoryMap((1,), ("box",)), transform=Augmentation(config))
 
 

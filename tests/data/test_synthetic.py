@@ -144,3 +144,27 @@ def test_a_config_names_an_unknown_scene():
 
     with pytest.raises(ConfigError, match=r"data.train.scene must be shapes or large, got 'huge'"):
         load_config(None, ["data.train={format: synthetic, split: train, scene: huge}"])
+
+
+def test_class_weights_make_an_imbalanced_variant_beside_the_balanced_set(tmp_path):
+    balanced = make_synthetic_dataset(tmp_path, "train", 30, seed=0)
+    imbalanced = make_synthetic_dataset(tmp_path, "train", 30, seed=0, class_weights=[1.0, 1.0, 1.0, 0.05])
+    assert imbalanced == tmp_path / "train-w1_1_1_0.05" / "instances.json" and balanced.is_file()
+    count = lambda path: np.bincount([a["category_id"] for a in json.loads(path.read_text())["annotations"]],  # noqa: E731
+                                     minlength=5)[1:]
+    assert count(balanced)[3] >= 15 and count(imbalanced)[3] <= 3  # crosses: ~a quarter of the boxes, then ~1.6%
+    only_squares = make_synthetic_dataset(tmp_path, "train", 5, seed=0, class_weights=[0, 1, 0, 0])
+    assert count(only_squares)[[0, 2, 3]].sum() == 0 and count(only_squares)[1] > 0
+    config = DatasetConfig(format="synthetic", root=str(tmp_path), split="train", num_images=30,
+                           class_weights=[1.0, 1.0, 1.0, 0.05])
+    assert load_dataset(config).summary() == load_dataset(DatasetConfig(format="coco", annotations=str(imbalanced))).summary()
+
+
+@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 1, 1, -1], [0, 0, 0, 0]])
+def test_bad_class_weights_are_refused(tmp_path, weights):
+    from detector import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="class_weights"):
+        make_synthetic_dataset(tmp_path, "train", 2, class_weights=weights)
+    with pytest.raises(ConfigError, match="data.train.class_weights"):
+        load_config(None, [f"data.train={{format: synthetic, root: {tmp_path}, class_weights: {weights}}}"])

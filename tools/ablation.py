@@ -1,0 +1,190 @@
+"""Does a training option pay? Train a recipe with each option off and on, over several seeds:
+
+    python tools/ablation.py configs/shapes_imbalanced.yaml --seeds 2 \
+        --options rfs=data.sampler=repeat_factor ema=train.ema=true [--all] [--set key=value ...]
+
+An option is NAME=KEY=VALUE; give one NAME several times to switch several keys together
+(`ms=model.transform.train_min_sizes=[224,256,288]`). The variants are the recipe as it is
+("baseline"), each option alone on, and with `--all` every option at once; each trains with
+train.seed = 0..N-1 (`--first-seed`) into OUTPUT/<variant>/seed<k>/, whose results.json a rerun
+reuses (an interrupted ablation continues where it stopped). Every variant's config is loaded
+once, before the first run: a misspelt key fails at once, naming it, and an edit of the YAML
+files while the ablation runs changes none of its runs.
+
+Prints, and writes to OUTPUT/ablation.md, one table: per variant the mean and spread over seeds
+(sample standard deviation, and min-max) of AP, AP50, AP_small, each class's AP and the wall time
+of the run (training and its evaluations), with the difference of each mean to the baseline's;
+then every run's own numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector import load_config  # noqa: E402
+from detector.config import Config  # noqa: E402
+from detector.errors import ConfigError  # noqa: E402
+
+BASELINE = "baseline"
+
+
+def parse_options(specs: list[str]) -> dict[str, list[str]]:
+    """{name: [key=value, ...]} from NAME=KEY=VALUE strings, in the order first given."""
+    options: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, override = spec.partition("=")
+        key, sep, _ = override.partition("=")
+        if not name or not key or not sep:
+            raise ConfigError(f"--options {spec!r}: expected NAME=KEY=VALUE, e.g. ema=train.ema=true")
+        if name in (BASELINE, "all"):
+            raise ConfigError(f"--options {spec!r}: {name!r} names a variant of its own; call the option otherwise")
+        options.setdefault(name, []).append(override)
+    if not options:
+        raise ConfigError("--options: name at least one option, e.g. ema=train.ema=true")
+    return options
+
+
+def variants(options: dict[str, list[str]], with_all: bool) -> dict[str, list[str]]:
+    """{variant: its overrides}: the baseline, each option alone, and (with_all) all together."""
+    chosen = {BASELINE: [], **options}
+    if with_all and len(options) > 1:
+        chosen["all"] = [override for overrides in options.values() for override in overrides]
+    return chosen
+
+
+def load_variants(config: str, chosen: dict[str, list[str]]) -> dict[str, Config]:
+    """Every variant's config, loaded now: an unknown key or a bad value fails before hours of training."""
+    loaded = {}
+    for name, overrides in chosen.items():
+        try:
+            loaded[name] = load_config(config, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"option {name}: {error}") from None
+    return loaded
+
+
+def train_once(config: Config, overrides: list[str], seed: int, folder: Path) -> dict:
+    """Train one variant with one seed (reusing a finished run's results.json) -> its numbers."""
+    done = folder / "results.json"
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result["overrides"] == overrides:
+            return result
+    from detector.engine.trainer import Trainer
+
+    run_config = copy.deepcopy(config)
+    run_config.train.seed, run_config.output = seed, str(folder)
+    start = time.perf_counter()
+    metrics = Trainer(run_config).fit()
+    wall = time.perf_counter() - start
+    if not metrics:
+        raise ConfigError("the run had no evaluation (data.val is needed to compare variants)")
+    result = {"overrides": overrides, "seed": seed, "wall_s": wall, "AP": metrics["AP"], "AP50": metrics["AP50"],
+              "AP_small": metrics["APs"], "per_class": metrics["per_class"]}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def columns(results: list[dict]) -> list[str]:
+    classes = list(results[0]["per_class"]) if results else []
+    return ["AP", "AP50", "AP_small", *[f"AP {name}" for name in classes], "wall_s"]
+
+
+def value(result: dict, column: str) -> float | None:
+    if column.startswith("AP ") and column not in result:
+        return result["per_class"].get(column[3:])
+    return result.get(column)
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation (0 for one value), min, max)."""
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, min(values), max(values))
+
+
+def summary_table(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown: per variant and column, mean ± sd [min-max] over seeds, and the mean's change from the baseline."""
+    names = columns(results[BASELINE])
+    lines = ["| variant | seeds | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    base_means = {}
+    for variant, runs in results.items():
+        cells = []
+        for column in names:
+            values = [v for v in (value(r, column) for r in runs) if v is not None]
+            if not values:
+                cells.append("n/a")
+                continue
+            mean, sd, low, high = spread(values)
+            digits = 0 if column == "wall_s" else 3
+            cell = f"{mean:.{digits}f} ± {sd:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}]"
+            if variant == BASELINE:
+                base_means[column] = mean
+            elif column in base_means:
+                cell += f" ({mean - base_means[column]:+.{digits}f})"
+            cells.append(cell)
+        lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def runs_table(results: dict[str, list[dict]]) -> list[str]:
+    names = columns(results[BASELINE])
+    lines = ["| variant | seed | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for variant, runs in results.items():
+        for run in runs:
+            cells = [("n/a" if v is None else f"{v:.0f}" if c == "wall_s" else f"{v:.3f}")
+                     for c, v in ((c, value(run, c)) for c in names)]
+            lines.append(f"| {variant} | {run['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(config: str, chosen: dict[str, list[str]], results: dict[str, list[dict]], command: str) -> str:
+    options = "; ".join(f"{name}: {' '.join(overrides) or 'the recipe as it is'}" for name, overrides in chosen.items())
+    return "\n".join([
+        f"Ablation of `{config}`: `{command}`", "",
+        f"Variants: {options}.", "",
+        "Mean ± sample standard deviation [min–max] over seeds; (±x): the mean's change from the baseline.", "",
+        *summary_table(results), "", "Every run:", "", *runs_table(results), ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--seeds", type=int, default=3, help="train.seed = first-seed .. first-seed + N - 1")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--options", nargs="+", required=True, metavar="NAME=KEY=VALUE")
+    parser.add_argument("--all", action="store_true", help="also a variant with every option on")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every variant")
+    parser.add_argument("--output", default="runs/ablation")
+    args = parser.parse_args(argv)
+    try:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+        chosen = {name: [*args.set, *overrides] for name, overrides in
+                  variants(parse_options(args.options), args.all).items()}
+        configs = load_variants(args.config, chosen)
+        results: dict[str, list[dict]] = {}
+        for seed in range(args.first_seed, args.first_seed + args.seeds):  # seed-major: a cut-short ablation still compares
+            for name, overrides in chosen.items():
+                folder = Path(args.output) / name / f"seed{seed}"
+                result = train_once(configs[name], overrides, seed, folder)
+                results.setdefault(name, []).append(result)
+                print(f"{name} seed {seed}: AP {result['AP']} AP50 {result['AP50']} ({result['wall_s']:.0f} s)",
+                      flush=True)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = report(args.config, chosen, results, "python tools/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    (Path(args.output) / "ablation.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
