@@ -31,15 +31,21 @@ class Hook:
     """Base class: every method does nothing, override the ones you need."""
 
     def before_train(self, trainer: Trainer) -> None:
+        """Once, at the start of `fit()`, before its first iteration (a resumed run's too)."""
         pass
 
     def after_step(self, trainer: Trainer, losses: dict | None) -> None:
+        """After every iteration (`trainer.iteration` already counts it); `losses`: the four losses
+        as tensors, None when no image of the batch could be read."""
         pass
 
     def after_epoch(self, trainer: Trainer, epoch_losses: dict[str, float]) -> None:
+        """After every epoch (`trainer.epoch` already counts it); `epoch_losses`: the mean of each
+        loss and their sum ("loss"), "time" (s) and "images_per_s"."""
         pass
 
     def after_train(self, trainer: Trainer) -> None:
+        """Once, when the loop ends: all iterations done or `stop_reason` set (not on an exception)."""
         pass
 
 
@@ -98,8 +104,8 @@ class CheckpointHook(Hook):
 
 
 class LogHook(Hook):
-    """Losses, learning rate and sampled fg/bg counts every `train.log_every` iterations
-    (train.log, TensorBoard); one row of results.csv (and curves.png) per epoch."""
+    """Losses, learning rate and sampled fg/bg counts every `train.log_every` iterations in
+    train.log; one row of results.csv (and curves.png) per epoch. TensorBoard / MLflow: dashboards.py."""
 
     def after_step(self, trainer: Trainer, losses: dict | None) -> None:
         if losses is None or trainer.iteration % trainer.config.train.log_every:

@@ -1,5 +1,5 @@
 """What a run tells its user: log lines (console and train.log), a progress bar with ETA,
-results.csv with one row per epoch (and its plot), and optionally TensorBoard scalars."""
+results.csv with one row per epoch (and its plot). TensorBoard and MLflow: dashboards.py."""
 from __future__ import annotations
 
 import csv
@@ -10,19 +10,10 @@ from tqdm import tqdm
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = False, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.log_file = open(self.run_dir / "train.log", "a") if enabled else None
-        self.writer = None
-        if tensorboard and enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from detector.errors import ConfigError
-
-                raise ConfigError("train.tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def info(self, message: str) -> None:
         if not self.enabled:
@@ -43,9 +34,6 @@ class RunLogger:
             return
         self.log_file.write(f"iter {iteration}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()) + "\n")
         self.log_file.flush()
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, iteration)
 
     def results_row(self, row: dict) -> None:
         if not self.enabled:
@@ -65,5 +53,3 @@ class RunLogger:
     def close(self) -> None:
         if self.log_file is not None:
             self.log_file.close()
-        if self.writer is not None:
-            self.writer.close()

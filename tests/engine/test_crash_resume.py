@@ -10,6 +10,7 @@ import torch
 
 from detector.config import save_config
 from detector.engine.checkpoint import load_checkpoint
+from detector.engine.tensorboard_log import tensorboard_installed
 
 from test_trainer import tiny_config
 
@@ -73,3 +74,10 @@ def test_training_killed_with_sigkill_and_resumed_equals_an_uninterrupted_run(tm
         assert torch.equal(value, resumed["model"][key]), key
     for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+    if tensorboard_installed():  # train.tensorboard: null, so both runs wrote events
+        from test_dashboards import assert_same_curves, curves
+
+        killed_curves = curves(tmp_path / "killed")
+        assert [step for step, _ in killed_curves["train/loss"]] == [1, 2, 3, 4, 5, 6]
+        assert_same_curves(killed_curves, curves(tmp_path / "straight"))

@@ -13,6 +13,7 @@ from detector.data import build_loader
 from detector.engine.evaluation import evaluate_model
 from detector.inference.predictor import Predictor
 from detector.engine.builders import Accounting
+from detector.engine.tensorboard_log import tensorboard_installed
 
 from test_trainer import tiny_config
 
@@ -78,6 +79,11 @@ def test_two_cpu_processes_train_in_step_evaluate_like_one_and_resume(tmp_path):
     assert len(rows) == 3  # header + 2 epochs: one writer
     assert rows[0].startswith("epoch,iteration,lr,loss_objectness,loss_rpn_box_reg,loss_classifier,loss_box_reg,loss,")
     assert sorted(p.name for p in (run / "weights").iterdir()) == ["best.pt", "last.pt"]
+    if tensorboard_installed():  # train.tensorboard: null, so on; rank 0 alone writes
+        from test_dashboards import curves
+
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        assert [step for step, _ in curves(run)["train/loss"]] == [1, 2, 3, 4]  # 2 iterations per epoch
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every process gets rank 0's metrics
 
     # The gathered evaluation equals a single-process evaluation of the same weights.
@@ -111,6 +117,8 @@ def test_two_cpu_processes_train_in_step_evaluate_like_one_and_resume(tmp_path):
     assert not torch.equal(resumed[0]["model"]["roi_heads.box_predictor.cls_score.weight"],
                            ranks[0]["model"]["roi_heads.box_predictor.cls_score.weight"])  # it trained on
     assert (run / "train.log").read_text().count("resumed from") == 1  # rank 0 logs, once
+    if tensorboard_installed():
+        assert [step for step, _ in curves(run)["train/loss"]] == [1, 2, 3, 4, 5, 6]
 
 
 def predictor_categories(predictor):

@@ -39,7 +39,8 @@ def test_a_hook_is_called_at_every_point_of_the_loop_after_the_built_in_ones(tmp
         ("after_epoch", 2, True),  # the last epoch is always evaluated, before this hook runs
         ("after_train", 4),
     ]
-    assert [type(h).__name__ for h in trainer.hooks] == ["EvaluationHook", "CheckpointHook", "LogHook", "Recorder"]
+    assert [type(h).__name__ for h in trainer.hooks] == ["EvaluationHook", "DashboardHook", "CheckpointHook", "LogHook",
+                                                          "Recorder"]
 
 
 def scripted_ap(trainer, values):
