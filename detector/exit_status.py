@@ -1,4 +1,4 @@
-"""One exit-status contract for every `detector` command (the README's "Exit codes" table):
+"""One exit-status contract for every `detector` command (the "Exit codes" table of docs/reliability.md):
 
   0    done
   1    done, with some inputs skipped; each one is named (on stderr, in the log or in a listing)

@@ -1,4 +1,4 @@
-"""One exit-status contract for every command (README "Exit codes", detector/exit_status.py):
+"""One exit-status contract for every command (docs/reliability.md "Exit codes", detector/exit_status.py):
 0 done, 1 done with some inputs skipped and named, 2 a usage/config/input/checkpoint/path error
 told in one line, 3 an internal error told in one line that names a file holding the traceback.
 Each command is checked with a config error, an injected bug, a config nested 500 deep and an

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Look at your data and your errors" pictures and numbers, made from the demo set:
+# docs/analysis.md's ("Data and error analysis") pictures and numbers, made from the demo set:
 # `detector data`, a short training (a model that still makes every kind of error), `detector
 # analyze`; the pictures are copied, downscaled, into docs/images/. Usage: bash tools/analysis_demo.sh [ITERS]
 set -euo pipefail

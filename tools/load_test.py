@@ -10,7 +10,7 @@ For each client count (a fresh server each time) it prints:
   - the server's RSS before, after the first 100 requests and at the end;
   - before the load: the decompression bomb (a valid 875 KB PNG of 30000 x 30000 px): its
     answer, the time to it and the server's peak RSS (VmHWM) before and after.
-Then one Markdown table of all runs (the README's). Linux only (/proc for the RSS).
+Then one Markdown table of all runs (docs/serve.md's). Linux only (/proc for the RSS).
 """
 from __future__ import annotations
 

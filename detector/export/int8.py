@@ -6,7 +6,7 @@ activations uint8 per tensor (MinMax ranges over real training images, calibrati
 backbone (and its FPN) is quantized; the RPN head, the ROI head and all post-processing (box
 decoding, NMS, top-k) stay FP32: scores and box deltas need the precision. Backbone layers that
 lose the most accuracy when quantized can stay FP32 too (KEEP_FP32, --keep-fp32), measured by
-tools/int8_sensitivity.py (README "INT8 on the CPU": on Lite0 none had to).
+tools/int8_sensitivity.py (docs/export.md "INT8 on the CPU": on Lite0 none had to).
 
 The gate (accuracy_gate.py) evaluates the FP32 and the INT8 file on the config's val set and
 refuses to write the INT8 file when AP50 drops by more than max_ap_drop, unless forced. The file

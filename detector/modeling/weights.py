@@ -17,12 +17,17 @@ from detector.errors import CheckpointError
 
 @dataclass
 class LoadReport:
+    """What `load_matching_weights` did, as tensor names: loaded, skipped for a shape mismatch,
+    missing from the file (kept their init) and unexpected (in the file only, ignored)."""
+
     loaded: list[str] = field(default_factory=list)
     shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, file shape, model shape)
     missing: list[str] = field(default_factory=list)  # in the model, not in the file: left as initialised
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model: ignored
 
     def summary(self) -> str:
+        """The report as lines for a log: the count loaded, then each shape mismatch and the
+        missing and unexpected names (the first 10 of each)."""
         lines = [f"loaded {len(self.loaded)} tensors"]
         for key, file_shape, model_shape in self.shape_mismatch:
             lines.append(f"  skipped {key}: file {list(file_shape)} vs model {list(model_shape)} (kept its new init)")

@@ -29,7 +29,7 @@ def tiny(tmp_path, *extra):
         "model.rpn.pre_nms_top_n_test=50", "model.rpn.post_nms_top_n_test=20", "model.roi_heads.batch_size_per_image=16",
         "data.train=" + synthetic.replace("NUM", "6").replace("SPLIT", "train"),
         "data.val=" + synthetic.replace("NUM", "3").replace("SPLIT", "val"),
-        "data.augment.hflip=0.5", "data.augment.scale=[0.8,1.2]", "data.workers=0", "train.batch_size=2",
+        "data.augment.hflip=0.5", "model.transform.train_min_sizes=[80, 96]", "data.workers=0", "train.batch_size=2",
         "train.epochs=1", "train.max_iters=2", "train.deterministic=true", "train.scheduler.warmup_iters=1",
         f"output={tmp_path / 'run'}", *extra]
 
@@ -158,7 +158,7 @@ def test_detector_analyze_a_checkpoint(tmp_path, capsys):
 
 
 def test_detector_data_names_a_skipped_image_and_exits_1(tmp_path, capsys):
-    """Exit 1 = done, some inputs skipped and named (README, Exit codes): `data` too."""
+    """Exit 1 = done, some inputs skipped and named (docs/reliability.md, Exit codes): `data` too."""
     config = write_config(tmp_path, tiny(tmp_path))
     assert main(["data", config, "--out", str(tmp_path / "data")]) == 0  # draws the synthetic set
     missing = sorted((tmp_path / "synthetic" / "train" / "images").glob("*.jpg"))[0]
