@@ -17,10 +17,12 @@
 file of `detector export`, run by ONNX Runtime or, with BACKEND = `--backend openvino
 [--precision bf16]`, by OpenVINO; all load through detector.inference, which also applies the
 test-time settings (model.*) by one rule. SLICE = `--slice SIZE [--overlap F] [--full-image]`
-predicts on overlapping tiles and merges them (inference/slicing.py; config inference.slice.*). key=value overrides may come before or after any
+predicts on overlapping tiles and merges them (inference/slicing.py; config inference.slice.*).
+`--tta [SCALES|off]` (eval, predict, analyze) adds mirrored and resized views, merged the same
+way (inference/tta.py; config inference.tta.*). key=value overrides may come before or after any
 option (arguments.py).
 
-Every command exits with one contract (exit_status.py, README "Exit codes"): 0 done; 1 done, with
+Every command exits with one contract (exit_status.py, docs/reliability.md "Exit codes"): 0 done; 1 done, with
 some inputs skipped, each named (predict's sources, the val images of eval and analyze, the
 images train could not read); 2 a usage, config, input or checkpoint error, or an output path
 that cannot be written, told in one line `detector COMMAND: message`; 3 an unexpected internal
@@ -30,6 +32,7 @@ error (a bug), told in one line naming a file that holds the traceback; 130 inte
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -80,6 +83,35 @@ def slice_changes(args) -> dict:
     return {"size": args.slice, "overlap": args.overlap, "full_image": args.full_image}
 
 
+TTA_VALUE = re.compile(r"\d+(,\d+)*|off")  # --tta's optional value: scales, or off
+
+
+def add_tta_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """--tta [SCALES|off]: test-time augmentation (inference/tta.py); unset, the `inference.tta`
+    of `default` applies."""
+    tta = parser.add_argument(
+        "--tta", nargs="?", const="", default=None, metavar="SCALES|off",
+        help="test-time augmentation: also predict the mirrored image, at the model's own size or, with SCALES "
+             "(comma-separated min_size values, e.g. 480,600,720), at each of those; views merged as tiles are. "
+             f"off: none (default: inference.tta of {default}; docs/tta.md)")
+    tta.accepts_value = lambda token: TTA_VALUE.fullmatch(token) is not None  # else a source or a key=value
+
+
+def tta_changes(args) -> dict:
+    """The TTA the command line asks for: {} without --tta (the config's applies); the mirror at
+    the model's own size (--tta), or at the SCALES given; nothing with --tta off."""
+    from detector.errors import ConfigError
+
+    if args.tta is None:
+        return {}
+    if args.tta and not TTA_VALUE.fullmatch(args.tta):
+        raise ConfigError(f"--tta {args.tta}: comma-separated min_size values (inference.tta.scales), "
+                          "e.g. --tta 480,600,720, or off")
+    if args.tta == "off":
+        return {"hflip": False, "scales": ()}
+    return {"hflip": True, "scales": tuple(int(s) for s in args.tta.split(",")) if args.tta else ()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command; one that takes key=value overrides declares them with `add_overrides`
     (they may then come before or after any option: arguments.py)."""
@@ -113,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_backend_options(evaluate)
     add_slice_options(evaluate, "the config")
+    add_tta_option(evaluate, "the config")
 
     predict = commands.add_parser(
         "predict", help="detect objects in images, folders, globs and videos",
@@ -130,10 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(predict, "a test-time setting of the model, e.g. --set model.roi_heads.nms_method=hard")
     predict.add_argument("--strict", action="store_true",
                          help="stop at the first source that cannot be read (exit 2) instead of skipping it")
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto",
+                         help="where a .pt checkpoint runs: auto (CUDA when available, else CPU), cpu, cuda or "
+                              "cuda:N; a .onnx runs on the CPU")
     predict.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_backend_options(predict)
     add_slice_options(predict, "the config saved with the weights")
+    add_tta_option(predict, "the config saved with the weights")
     add_ray_options(predict)
 
     export = commands.add_parser("export", help="write a checkpoint as one ONNX file (dynamic batch and image size)")
@@ -160,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="HTTP server: POST /predict an image, get the detections as JSON")
     add_overrides(serve, "test-time settings of the model, as --set, e.g. model.roi_heads.score_thresh=0.3")
     serve.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (0.0.0.0: every interface); beyond loopback with no token set, "
+                            "a warning is printed")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument("--device", default="auto",
+                       help="where a .pt checkpoint runs: auto (CUDA when available, else CPU), cpu, cuda or "
+                            "cuda:N; a .onnx runs on the CPU")
     serve.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                        help=f"uploads declaring more pixels are refused from their header (413; default {MAX_PIXELS})")
     add_serve_limits(serve)
@@ -203,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--score-thresh", type=float, default=None,
                          help="score threshold of the confusion matrix, F1 and gallery (default: the best F1's)")
     analyze.add_argument("--worst", type=int, default=9, help="images in the gallery of the most errors")
+    analyze.add_argument("--iou", type=float, default=0.5, metavar="T",
+                         help="foreground IoU a detection needs to be right (TIDE's t_f; default 0.5): at 0.75 the "
+                              "boxes right at 0.5 but not tight become loc errors, and AP reads AP75")
     add_backend_options(analyze)
     add_slice_options(analyze, "the config")
+    add_tta_option(analyze, "the config")
     return parser
 
 
@@ -276,6 +320,7 @@ def evaluate(args) -> int:
     from detector.inference import load_predictor
     from detector.inference.overrides import select_test_time_overrides
     from detector.inference.slicing import SliceSettings
+    from detector.inference.tta import TtaSettings
 
     config = load_config(args.config, args.overrides)
     if config.data.val is None:
@@ -283,15 +328,18 @@ def evaluate(args) -> int:
         return 2
     check_data_paths(config.data)
     slicing = SliceSettings.from_config(config.inference.slice, **slice_changes(args))
+    tta = TtaSettings.from_config(config.inference.tta, **tta_changes(args))
     # The checkpoint's config builds the model; the overrides meant for it change its test-time
     # settings (inference/overrides.py: the others are refused by name); the rest pick the data.
     test_time = select_test_time_overrides(args.overrides)
     predictor = load_predictor(args.weights, device=config.train.device, overrides=test_time, compile=args.compile,
-                               backend=args.backend, precision=args.precision, slicing=slicing)
+                               backend=args.backend, precision=args.precision, slicing=slicing, tta=tta)
     if test_time:
         print("test-time settings: " + " ".join(test_time))
     if slicing.enabled:
         print(slicing.describe())
+    if tta.enabled:
+        print(tta.describe())
     categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
     dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
     out = Path(args.out or Path(config.output) / "eval")
@@ -348,10 +396,12 @@ RAY_ONLY = ("workers", "batch_size", "shard_size", "cpus_per_worker", "gpus_per_
 def predictor_spec(args) -> dict:
     """The keyword arguments of `load_predictor` for `detector predict`, as plain data: local
     predict passes them to it, and every Ray actor does the same with its copy."""
-    return {"weights": str(args.weights), "device": args.device, "score_thresh": args.score_thresh,
+    spec = {"weights": str(args.weights), "device": args.device, "score_thresh": args.score_thresh,
             "max_detections": args.max_detections, "overrides": list(args.settings + args.overrides),
             "compile": args.compile, "backend": args.backend, "precision": args.precision,
             "slicing": slice_changes(args)}
+    tta = tta_changes(args)
+    return {**spec, "tta": tta} if tta else spec  # without --tta, a --ray folder of an older version still resumes
 
 
 def predict(args) -> int:
@@ -373,6 +423,8 @@ def predict(args) -> int:
     predictor = load_predictor(**predictor_spec(args))
     if hasattr(predictor, "settings"):  # sliced (inference/slicing.py)
         print(predictor.settings.describe())
+    if hasattr(predictor, "tta"):  # inference/tta.py
+        print(predictor.tta.describe())
     out = Path(args.out)
     try:
         run = predict_sources(predictor, args.sources, out, strict=args.strict,
@@ -547,7 +599,7 @@ def analyze(args) -> int:
 
     if args.worst < 0 or (args.score_thresh is not None and not 0 <= args.score_thresh <= 1):
         raise DetectorError("--worst must be >= 0 and --score-thresh in 0..1")
-    options = {"score_threshold": args.score_thresh, "worst": args.worst, "image_root": args.images}
+    options = {"score_threshold": args.score_thresh, "worst": args.worst, "image_root": args.images, "iou": args.iou}
     if args.gt or args.predictions:
         if not (args.gt and args.predictions) or args.config or args.weights:
             raise DetectorError("give either --gt and --predictions, or CONFIG and --weights")
@@ -558,10 +610,13 @@ def analyze(args) -> int:
 
         config = load_config(args.config, args.overrides)
         from detector.inference.slicing import SliceSettings
+        from detector.inference.tta import TtaSettings
 
         slicing = SliceSettings.from_config(config.inference.slice, **slice_changes(args))
+        tta = TtaSettings.from_config(config.inference.tta, **tta_changes(args))
         result = analyze_checkpoint(config, args.weights, args.out, select_test_time_overrides(args.overrides),
-                                    backend=args.backend, precision=args.precision, slicing=slicing, **options)
+                                    backend=args.backend, precision=args.precision, slicing=slicing, tta=tta,
+                                    **options)
         for sample in result["skipped_images"]:
             print(f"WARNING: {sample}; left out of the analysis", file=sys.stderr)
     else:

@@ -21,6 +21,13 @@ from detector.errors import ConfigError
 
 DELETE_MARKER = "_delete_"  # in a YAML section: replace the inherited section instead of merging into it
 MAX_NESTING = 32  # a config nests a few levels (train.optimizer.lr, anchor lists of lists); deeper is not a config
+# Keys that are gone: (the value that did nothing, which old saved configs and checkpoints hold and
+# is dropped quietly; what to use instead, said when any other value is set).
+RETIRED_KEYS = {
+    "data.augment.scale": ([1.0, 1.0], "it did nothing: the model resizes every image to model.transform.min_size "
+                                       "anyway; use model.transform.train_min_sizes (multi-scale training), "
+                                       "e.g. [480, 512, 544, 576, 608]"),
+}
 
 
 @dataclass
@@ -37,8 +44,11 @@ class BackboneConfig:
 
 @dataclass
 class TransformConfig:
-    min_size: int = 600  # shorter side after resize
+    min_size: int = 600  # shorter side after resize (at test time, and in training without train_min_sizes)
     max_size: int = 1000  # cap on the longer side
+    # Multi-scale training: each batch's shorter side drawn from this list (max_size still caps);
+    # null = min_size. Test time always uses min_size.
+    train_min_sizes: list[int] | None = None
     # Input normalization, (x - mean) / std on RGB in 0..1; null = what the backbone's pretrained
     # weights were trained with (ImageNet mean/std for the torchvision families).
     image_mean: tuple[float, float, float] | None = None
@@ -88,6 +98,7 @@ class ROIHeadsConfig:
     nms_method: str = "hard"  # hard | gaussian | linear (the last two: Soft-NMS)
     soft_nms_sigma: float = 0.5
     soft_nms_min_score: float = 0.001
+    box_loss: str = "smooth_l1"  # smooth_l1 (on the deltas) | giou (on the decoded boxes): modeling/box_loss.py
 
 
 @dataclass
@@ -114,12 +125,12 @@ class DatasetConfig:
     num_images: int = 200  # synthetic only
     seed: int = 0  # synthetic only
     scene: str = "shapes"  # synthetic only: shapes (320-480 px images, 20-180 px objects) | large (2000x1500, 10-40 px)
+    class_weights: list[float] | None = None  # synthetic only: relative frequency of circle, square, triangle, cross; null = equal
 
 
 @dataclass
 class AugmentConfig:
     hflip: float = 0.5  # probability of a horizontal flip
-    scale: tuple[float, float] = (1.0, 1.0)  # random rescale range before the model's own resize
     brightness: float = 0.0  # photometric jitter strength (0 = off)
     contrast: float = 0.0
     saturation: float = 0.0
@@ -145,6 +156,8 @@ class DataConfig:
     workers: int = 2  # loader processes (0 = in the main process)
     cache: str | None = None  # ram: decode every image once and keep it in memory (small data sets); null = read each time
     group_aspect_ratio: bool = True  # batch wide with wide, tall with tall: less padding
+    sampler: str = "random"  # random (each image once per epoch) | repeat_factor (rare classes repeated: data/repeat_factor.py)
+    repeat_threshold: float = 0.1  # repeat_factor: a class in fewer than this fraction of the images is repeated, r = sqrt(t / f)
     policy: str = "skip"  # bad samples: skip (report and go on) | strict (stop before training, listing all)
 
 
@@ -186,6 +199,9 @@ class TrainConfig:
     max_rollbacks: int = 3  # non_finite: rollback: give up (stop) after this many
     rollback_lr_factor: float = 0.5  # non_finite: rollback: lr *= this at each rollback
     accumulate: int = 1  # gradient accumulation steps per optimizer step
+    ema: bool = False  # keep an exponential moving average of the weights; evaluation and best.pt use it (engine/ema.py)
+    ema_decay: float = 0.9999  # ema: the average's decay once the ramp is over, in (0, 1)
+    ema_tau: float = 2000.0  # ema: ramp d = ema_decay * (1 - exp(-updates / ema_tau)), in optimizer steps
     amp: bool = False  # mixed precision (CUDA only)
     sync_bn: bool = False  # several processes: trainable BatchNorm2d layers share batch statistics (SyncBatchNorm)
     channels_last: bool = True  # NHWC memory layout for the convolutions: faster on CPU (oneDNN) and CUDA
@@ -197,8 +213,10 @@ class TrainConfig:
     eval_every: int = 1  # evaluate on val every N epochs (and after the last)
     patience: int | None = None  # early stop: end the run after this many epochs without a better val AP; null = off
     checkpoint_every_iters: int | None = None  # also save last.pt every N iterations
-    log_every: int = 20  # iterations between log lines
-    tensorboard: bool = False
+    log_every: int = 20  # iterations between log lines (train.log, TensorBoard, MLflow)
+    tensorboard: bool | None = None  # <output>/tensorboard; null = on when the tensorboard package is installed
+    mlflow: str | None = None  # MLflow tracking URI (file:DIR, sqlite:///FILE, http://HOST:PORT); null = off
+    mlflow_experiment: str = "detector"  # mlflow: the experiment the run is logged under
     num_val_images_drawn: int = 4  # validation images saved with predicted and true boxes
     previews: bool = True  # at the start: first training batches, labels / anchor-fit plots, data_report.json
 
@@ -215,8 +233,18 @@ class SliceConfig:
 
 
 @dataclass
+class TtaConfig:
+    """Test-time augmentation (inference/tta.py): on when hflip is true or scales are given."""
+
+    hflip: bool = False  # also predict the mirrored image
+    scales: list[int] = field(default_factory=list)  # min_size of each view (max_size scaled alike); [] = the model's own
+    match_threshold: float = 0.55  # detections of one class from different views merge above this IoU
+
+
+@dataclass
 class InferenceConfig:
     slice: SliceConfig = field(default_factory=SliceConfig)
+    tta: TtaConfig = field(default_factory=TtaConfig)
 
 
 @dataclass
@@ -255,6 +283,17 @@ def config_to_dict(config: Any) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def settings_from_section(cls: type, section: Any, changes: dict[str, Any]) -> Any:
+    """`cls` (a settings dataclass) from a config section: the section's dataclass or its dict, as
+    a checkpoint saves it. Keys `cls` lacks are dropped, keys the section lacks keep `cls`'s
+    defaults (a checkpoint older than the section), and `changes` that are not None win."""
+    values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {key: value for key, value in values.items() if key in names}
+    values.update({key: value for key, value in changes.items() if value is not None})
+    return cls(**values)
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     config = _build(Config, data, "", source)
     check_config(config, source)
@@ -262,6 +301,8 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
+    """Write `config` to `path` as YAML: every key with its value (defaults included, no `_base_`),
+    in field order (`config_to_dict`). Returns None."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
@@ -362,6 +403,7 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    data = _without_retired_keys(data, prefix, source)
     for key in data:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
@@ -377,6 +419,18 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             else:
                 values[name] = _coerce(data[name], hint, f"{prefix}{name}", source)
     return cls(**values)
+
+
+def _without_retired_keys(data: dict, prefix: str, source: str) -> dict:
+    """`data` less the RETIRED_KEYS at their do-nothing value; a ConfigError for any other value."""
+    kept = {}
+    for key, value in data.items():
+        retired = RETIRED_KEYS.get(f"{prefix}{key}")
+        if retired is None:
+            kept[key] = value
+        elif not (isinstance(value, (list, tuple)) and list(value) == retired[0]):
+            raise ConfigError(f"{source}: {prefix}{key} was removed, {retired[1]}")
+    return kept
 
 
 def _optional_dataclass(hint: Any) -> type | None:

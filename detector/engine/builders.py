@@ -23,9 +23,12 @@ import torch
 from detector.config import Config, TrainConfig
 from detector.config_checks import check_data_paths
 from detector.data import build_loader, load_dataset
+from detector.data.repeat_factor import (RepeatFactorSampler, class_repeat_factors, describe_repeat_factors,
+                                         image_repeat_factors)
 from detector.data.tiles import TiledDataset, check_no_shared_images
 from detector.engine import distributed
 from detector.engine.allocator import keep_freed_memory
+from detector.engine.dashboards import DashboardHook, check_dashboards
 from detector.engine.early_stopping import EarlyStoppingHook
 from detector.engine.hooks import CheckpointHook, EvaluationHook, Hook, LogHook, PreviewsHook
 from detector.engine.logger import RunLogger
@@ -44,6 +47,7 @@ class Accounting:
     max_iters: int | None
     world_size: int = 1  # processes; each sees ceil(N / world_size) images per epoch (the sampler pads)
     source_images: int | None = None  # data.tiles: the whole images the num_images crops are cut from
+    repeated_from: int | None = None  # data.sampler: repeat_factor: the images (or crops) num_images samples repeat
 
     @property
     def images_per_process(self) -> int:
@@ -70,6 +74,9 @@ class Accounting:
         if self.source_images is not None:
             unit = (f"crops (data.tiles: {self.source_images} images x "
                     f"{self.num_images / max(self.source_images, 1):.1f} crops per image)")
+        if self.repeated_from is not None:
+            unit = (f"samples per epoch (data.sampler: repeat_factor over {self.repeated_from} "
+                    f"{'crops' if self.source_images is not None else 'images'})")
         if self.world_size == 1:
             text = f"{self.num_images} training {unit}, batch {b}"
         else:
@@ -98,6 +105,7 @@ def check_training_config(config: Config) -> None:
     if config.train.patience is not None and config.data.val is None:
         raise ConfigError("train.patience: early stopping watches val AP, so it needs data.val")
     check_data_paths(config.data)
+    check_dashboards(config.train)  # a missing tensorboard / mlflow package
 
 
 def setup_process(train: TrainConfig) -> tuple[torch.device, int, int]:
@@ -114,7 +122,7 @@ def setup_run_folder(config: Config) -> tuple[Path, Path, RunLogger]:
     weights_dir = run_dir / "weights"
     if distributed.is_main():
         weights_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, weights_dir, RunLogger(run_dir, tensorboard=config.train.tensorboard, enabled=distributed.is_main())
+    return run_dir, weights_dir, RunLogger(run_dir, enabled=distributed.is_main())
 
 
 def build_datasets(config: Config, log: RunLogger) -> tuple:
@@ -159,10 +167,15 @@ def build_model_for(config: Config, device: torch.device, world_size: int) -> tu
     return model, distributed.wrap_model(model, device)
 
 
-def build_train_loader(config: Config, train_set, rank: int):
-    """The training loader; with several processes, this process's shard of every epoch."""
+def build_train_loader(config: Config, train_set, rank: int, log: RunLogger | None = None):
+    """The training loader; with several processes, this process's shard of every epoch.
+    `data.sampler: repeat_factor`: images of rare classes repeated (data/repeat_factor.py), the
+    factors written to `log`."""
     train = config.train
-    shard = distributed.shard_sampler(len(train_set), train.seed)  # None with one process
+    if config.data.sampler == "repeat_factor":
+        shard = repeat_factor_sampler(config, train_set, log)
+    else:
+        shard = distributed.shard_sampler(len(train_set), train.seed)  # None with one process
     return build_loader(
         train_set, train.batch_size, train=True, workers=config.data.workers,
         seed=train.seed + 100_003 * rank,  # each process its own augmentation stream
@@ -170,12 +183,34 @@ def build_train_loader(config: Config, train_set, rank: int):
     )
 
 
+def repeat_factor_sampler(config: Config, train_set, log: RunLogger | None) -> RepeatFactorSampler:
+    """The repeat-factor sampler of the training set's boxes (crowd boxes left out), seeded by
+    train.seed alone: every process draws the same epoch and takes its share. With data.tiles the
+    factors are those of the crops (negatives, drawn anew each epoch, hold no class: r = 1)."""
+    labels = [record.labels[~record.iscrowd] for record in train_set.records]
+    threshold = config.data.repeat_threshold
+    class_factors = class_repeat_factors(labels, threshold)
+    image_factors = image_repeat_factors(labels, class_factors)
+    if log is not None:
+        for line in describe_repeat_factors(class_factors, image_factors, threshold, train_set.category_map.names):
+            log.info(line)
+    return RepeatFactorSampler(image_factors, seed=config.train.seed, num_replicas=distributed.world_size(),
+                               rank=distributed.rank())
+
+
+def samples_per_epoch(loader) -> int | None:
+    """The effective epoch length (all processes) under data.sampler: repeat_factor; None otherwise."""
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    return sampler.epoch_length if isinstance(sampler, RepeatFactorSampler) else None
+
+
 def build_accounting(train: TrainConfig, num_images: int, world_size: int,
-                     source_images: int | None = None) -> Accounting:
+                     source_images: int | None = None, epoch_samples: int | None = None) -> Accounting:
     """Iterations per epoch and in all; refuses a batch size that leaves no iteration.
-    `source_images`: with data.tiles, the images the `num_images` crops are cut from."""
-    accounting = Accounting(num_images, train.batch_size, train.drop_last, train.epochs, train.max_iters, world_size,
-                            source_images)
+    `source_images`: with data.tiles, the images the `num_images` crops are cut from.
+    `epoch_samples`: with data.sampler: repeat_factor, the samples of an epoch (repeats included)."""
+    accounting = Accounting(epoch_samples or num_images, train.batch_size, train.drop_last, train.epochs,
+                            train.max_iters, world_size, source_images, num_images if epoch_samples else None)
     if accounting.iters_per_epoch == 0:
         raise ConfigError(
             f"train.batch_size={train.batch_size} with drop_last leaves no batch from "
@@ -200,7 +235,8 @@ def build_step_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
 def default_hooks(config: Config) -> list[Hook]:
     """The hooks a run gets from its config, in the order they run after each epoch."""
     hooks: list[Hook] = [PreviewsHook()] if config.train.previews else []
-    hooks += [EvaluationHook(), CheckpointHook(), LogHook()]
+    # The dashboards before CheckpointHook: a step's points are on disk before its checkpoint (dashboards.py).
+    hooks += [EvaluationHook(), DashboardHook(), CheckpointHook(), LogHook()]
     if config.train.patience is not None:
         hooks.append(EarlyStoppingHook(config.train.patience))
     return hooks

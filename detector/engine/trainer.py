@@ -5,14 +5,15 @@ iteration, in the order that matters:
     losses = model(images, targets)
     (loss / accumulate).backward()
     every `accumulate` iterations:
-        clip gradients -> optimizer.step() -> optimizer.zero_grad() -> scheduler.step()
+        clip gradients -> optimizer.step() -> optimizer.zero_grad() -> EMA update (train.ema)
+        -> scheduler.step()
 
 It prints the accounting first (N images, batch B -> iterations per epoch = ceil(N / B), or
 floor(N / B) with drop_last; total iterations), stops on a non-finite loss with the iteration,
 the losses and the images at fault (saving nothing), or rolls back to `last.pt` with a lower
 learning rate (`non_finite: rollback`, at most `max_rollbacks` times). Everything around the
-optimisation (evaluation, `last.pt` / `best.pt`, results.csv and plots, early stopping) is a
-hook (hooks.py) called after each iteration and epoch.
+optimisation (evaluation, `last.pt` / `best.pt`, results.csv and plots, TensorBoard / MLflow,
+early stopping) is a hook (hooks.py) called after each iteration and epoch.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from detector.data.tiles import TiledDataset
 from detector.engine import distributed
 from detector.engine.builders import (build_accounting, build_datasets, build_model_for, build_step_scheduler,
                                       build_train_loader, check_training_config, default_hooks, learning_rate_for,
-                                      setup_allocator, setup_process, setup_run_folder)
+                                      samples_per_epoch, setup_allocator, setup_process, setup_run_folder)
 from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from detector.engine.ema import ModelEMA, training_weights
 from detector.engine.evaluation import evaluate_model, validation_model
 from detector.engine.evaluator import format_size_table
 from detector.engine.hooks import LOSS_KEYS, Hook
@@ -61,9 +63,12 @@ class Trainer:
         config.model.num_classes = len(self.category_map)  # from the data, never from a guess
         setup_allocator(train, self.device, self.log)
         self.model, self.train_model = build_model_for(config, self.device, self.world_size)
-        self.loader = build_train_loader(config, self.train_set, self.rank)
+        # The average of the unwrapped model, on every process (engine/ema.py); None with train.ema off.
+        self.ema = ModelEMA(self.model, train.ema_decay, train.ema_tau) if train.ema else None
+        self.loader = build_train_loader(config, self.train_set, self.rank, self.log)
         self.accounting = build_accounting(train, len(self.train_set), self.world_size,
-                                           len(self.train_set.source) if isinstance(self.train_set, TiledDataset) else None)
+                                           len(self.train_set.source) if isinstance(self.train_set, TiledDataset) else None,
+                                           samples_per_epoch(self.loader))  # data.sampler: repeat_factor
         self.lr, self.lr_rule = learning_rate_for(train, self.world_size)
         self.optimizer = build_optimizer(self.model, train.optimizer, config.model.backbone.pretrained, lr=self.lr)
         self.scheduler = build_step_scheduler(self.optimizer, train, self.accounting)
@@ -89,6 +94,11 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state(self, metrics: dict | None = None) -> dict:
+        """The run as a checkpoint dict, what last.pt and best.pt hold: the weights ("model"; with
+        train.ema the average, the trained weights in "train_model"), the optimizer, scheduler and
+        AMP scaler states, the counters (epoch, iteration, batches done in the epoch, best AP and
+        its epoch, rollbacks), the random-number states, the config, the categories, `metrics`
+        ({} when None) and the package version."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -105,11 +115,16 @@ class Trainer:
             "categories": self.category_map.to_dict(),
             "metrics": metrics or {},
             "version": detector.__version__,
+            **(self.ema.checkpoint_entries(self.model) if self.ema else {}),  # "model" is then the average
         }
 
     def resume(self, path: Path) -> None:
+        """Continue from the checkpoint at `path` (a `state()` dict): loads the weights the run was
+        training (not the EMA average), the optimizer, scheduler and scaler states, the counters,
+        the random-number states and the EMA, so `fit()` goes on from the iteration it holds.
+        Returns None; a missing or unreadable file raises CheckpointError."""
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(training_weights(state))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -119,18 +134,27 @@ class Trainer:
         self.best_epoch = state.get("best_epoch")
         self.rollbacks = state.get("rollbacks", 0)
         restore_rng_states(state["rng"])
+        if self.ema and not self.ema.restore(state, self.model):
+            self.log.warning(f"{path} holds no EMA (train.ema was off): the average starts again from its weights")
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, iteration {self.iteration}, "
                       f"{self.batches_done_in_epoch} batches of this epoch done")
 
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> dict:
+        """Train until the planned iterations are done (train.epochs, capped by train.max_iters) or
+        a hook sets `stop_reason` (early stopping), running the hooks around every step and epoch
+        (evaluation, last.pt / best.pt, logs). Returns the latest evaluation's metrics (as
+        `evaluate()` returns them; {} when nothing was evaluated, e.g. without data.val). A
+        non-finite loss raises NonFiniteLossError, unless `train.non_finite: rollback` recovers."""
         train = self.config.train
         if self.world_size > 1:
             self.log.info(f"distributed: {self.world_size} processes ({distributed.backend()}), batch "
                           f"{train.batch_size} per process, global batch {self.world_size * train.batch_size}")
         self.log.info(self.accounting.describe())
         self.log.info(f"learning rate {self.lr:g}: {self.lr_rule}")
+        if self.ema:
+            self.log.info(self.ema.describe())
         self.log.info(f"optimizer {train.optimizer.name}: " + ", ".join(
             f"{g['name']} lr {g['initial_lr']:g} wd {g['weight_decay']:g} ({sum(p.numel() for p in g['params']):,} params)"
             for g in self.optimizer.param_groups))
@@ -215,6 +239,8 @@ class Trainer:
             raise DetectorError(f"iteration {self.iteration + 1}: a process got a batch with no readable image; "
                                 f"this one skipped: {[str(s) for s in self.loader.skipped] or 'none'}")
         losses = None  # stays None when every image of the batch failed to decode
+        self.batch_images = len(images)  # for the dashboards' images/s (engine/dashboards.py)
+        self.grad_norm = None  # set below when this iteration steps the optimizer (dashboards' train/grad_norm)
         if images:
             images, targets = batch_to_device(images, targets, self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
@@ -227,12 +253,15 @@ class Trainer:
         if (self.iteration + 1) % train.accumulate == 0 or last_in_epoch:
             has_grads = any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"])
             if has_grads:  # none when every batch since the last step was unreadable
-                if train.clip_grad_norm:  # on the averaged gradients under DDP
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
+                self.scaler.unscale_(self.optimizer)  # the true gradients, to clip and to measure (no-op without AMP)
+                # Their norm before clipping, of the averaged gradients under DDP; clip_grad_norm null: never clipped.
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                train.clip_grad_norm or float("inf"))
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema:
+                    self.ema.update(self.model)
             self.scheduler.step()  # the schedule follows iterations, even one without a loss
         return losses
 
@@ -280,6 +309,8 @@ class Trainer:
         return next(g["lr"] for g in self.optimizer.param_groups if not g["name"].startswith("backbone"))
 
     def describe_bad_batch(self, losses: dict, targets: list[dict]) -> str:
+        """The message of a non-finite loss: the iteration and epoch, every loss value, the files
+        of the batch's images and what to try."""
         records = self.train_set.records
         images = [f"{records[int(t['image_id'])].path} (id {records[int(t['image_id'])].image_id})" for t in targets]
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -288,9 +319,14 @@ class Trainer:
                 "Try a lower train.optimizer.lr, a longer warm-up, train.clip_grad_norm or train.non_finite=rollback.")
 
     def evaluate(self) -> dict:
+        """COCO metrics on the val set now (data.val required), with the EMA average when train.ema
+        is on and sliced when inference.slice.size > 0; writes the metrics, predictions, PR curves
+        and train.num_val_images_drawn drawn images to <output>/eval and logs AP / AP50 / AP75.
+        Returns the metrics dict, with "epoch" (epochs completed) and "skipped_images" added."""
         out_dir = self.run_dir / "eval"
         metrics = evaluate_model(
-            validation_model(self.model, self.config), self.val_set, self.device, out_dir,
+            validation_model(self.ema.module if self.ema else self.model, self.config),  # train.ema: the average
+            self.val_set, self.device, out_dir,
             batch_size=self.config.train.batch_size, workers=self.config.data.workers,
             draw=self.config.train.num_val_images_drawn,
         )
