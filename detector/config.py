@@ -99,6 +99,7 @@ class ROIHeadsConfig:
     soft_nms_sigma: float = 0.5
     soft_nms_min_score: float = 0.001
     box_loss: str = "smooth_l1"  # smooth_l1 (on the deltas) | giou (on the decoded boxes): modeling/box_loss.py
+    cascade_ious: list[float] = field(default_factory=list)  # Cascade R-CNN refinement stages' IoU thresholds, e.g. [0.6, 0.7]
 
 
 @dataclass

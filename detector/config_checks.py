@@ -76,6 +76,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.roi_heads.detections_per_img", _at_least(1), ">= 1"),
     ("model.roi_heads.nms_method", _one_of(*choices.NMS_METHODS), spell(choices.NMS_METHODS)),
     ("model.roi_heads.box_loss", _one_of(*choices.BOX_LOSSES), spell(choices.BOX_LOSSES)),
+    ("model.roi_heads.cascade_ious", lambda v: all(0 < iou < 1 for iou in v), "IoUs in (0, 1), e.g. [0.6, 0.7], or []"),
     ("model.roi_heads.soft_nms_sigma", _positive, "> 0"),
     ("model.roi_heads.soft_nms_min_score", _unit, "a score in 0..1"),
     ("data.train.format", _one_of(*choices.DATA_FORMATS), spell(choices.DATA_FORMATS)),

@@ -24,9 +24,6 @@ from detector.engine import distributed
 if TYPE_CHECKING:
     from detector.engine.trainer import Trainer
 
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
-
-
 class Hook:
     """Base class: every method does nothing, override the ones you need."""
 
@@ -35,8 +32,8 @@ class Hook:
         pass
 
     def after_step(self, trainer: Trainer, losses: dict | None) -> None:
-        """After every iteration (`trainer.iteration` already counts it); `losses`: the four losses
-        as tensors, None when no image of the batch could be read."""
+        """After every iteration (`trainer.iteration` already counts it); `losses`: the model's losses
+        as tensors (`model.loss_names()`), None when no image of the batch could be read."""
         pass
 
     def after_epoch(self, trainer: Trainer, epoch_losses: dict[str, float]) -> None:
@@ -119,7 +116,7 @@ class LogHook(Hook):
         metrics = trainer.epoch_metrics
         trainer.log.results_row({
             "epoch": trainer.epoch, "iteration": trainer.iteration, "lr": trainer.base_lr(),
-            **{k: round(v, 6) for k, v in epoch_losses.items() if k in LOSS_KEYS or k == "loss"},
+            **{k: round(v, 6) for k, v in epoch_losses.items() if k in trainer.loss_names or k == "loss"},
             "AP": metrics.get("AP", ""), "AP50": metrics.get("AP50", ""), "time": round(epoch_losses["time"], 1),
             "images_per_s": round(epoch_losses["images_per_s"], 2),
         })

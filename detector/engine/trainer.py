@@ -34,7 +34,7 @@ from detector.engine.checkpoint import load_checkpoint, restore_rng_states, rng_
 from detector.engine.ema import ModelEMA, training_weights
 from detector.engine.evaluation import evaluate_model, validation_model
 from detector.engine.evaluator import format_size_table
-from detector.engine.hooks import LOSS_KEYS, Hook
+from detector.engine.hooks import Hook
 from detector.engine.optim import build_optimizer
 from detector.errors import DetectorError, NonFiniteLossError
 
@@ -63,6 +63,7 @@ class Trainer:
         config.model.num_classes = len(self.category_map)  # from the data, never from a guess
         setup_allocator(train, self.device, self.log)
         self.model, self.train_model = build_model_for(config, self.device, self.world_size)
+        self.loss_names = self.model.loss_names()  # the epoch means and results.csv columns
         # The average of the unwrapped model, on every process (engine/ema.py); None with train.ema off.
         self.ema = ModelEMA(self.model, train.ema_decay, train.ema_tau) if train.ema else None
         self.loader = build_train_loader(config, self.train_set, self.rank, self.log)
@@ -195,7 +196,7 @@ class Trainer:
         self.loader.set_epoch(self.epoch)
         start_batch = self.batches_done_in_epoch
         remaining = min(self.accounting.iters_per_epoch - start_batch, self.accounting.total_iters - self.iteration)
-        sums = {key: 0.0 for key in LOSS_KEYS}
+        sums = {key: 0.0 for key in self.loss_names}
         count = losses_counted = images_seen = 0
         epoch_start = time.time()
         progress = self.log.progress(remaining, f"epoch {self.epoch + 1}/{self.accounting.total_epochs}")
@@ -216,7 +217,7 @@ class Trainer:
             if losses is not None:
                 images_seen += len(images)
                 losses_counted += 1
-                for key in LOSS_KEYS:
+                for key in self.loss_names:
                     sums[key] += losses[key].item()
                 progress.set_postfix(loss=f"{sum(losses.values()).item():.3f}", lr=f"{self.base_lr():.2e}")
             for hook in self.hooks:

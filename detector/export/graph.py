@@ -218,11 +218,12 @@ class ExportableFasterRCNN(nn.Module):
                height: Tensor, width: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """ROIHeads.forward + predict_detections, batched: (boxes [B, D, 4], scores, labels)."""
         roi = self.roi_heads
-        class_logits, box_deltas = roi.box_predictor(roi.box_head(self.pool(features, proposals)))
         num_images, num_proposals, num_classes = dim(proposals, 0), dim(proposals, 1), self.num_classes
-        boxes = roi.box_coder.decode(box_deltas, proposals.reshape(-1, 4))  # [B * P, K + 1, 4]
-        boxes = ops.clip_boxes_to_image(boxes, (height, width)).view(num_images, num_proposals, num_classes + 1, 4)[:, :, 1:]
-        scores = F.softmax(class_logits, -1).view(num_images, num_proposals, num_classes + 1)[:, :, 1:]
+        scores, boxes = roi.classify_and_refine(  # [B * P, K + 1], [B * P, K + 1, 4]
+            lambda flat: self.pool(features, flat.view_as(proposals)), proposals.reshape(-1, 4),
+            lambda flat: ops.clip_boxes_to_image(flat, (height, width)))
+        boxes = boxes.view(num_images, num_proposals, num_classes + 1, 4)[:, :, 1:]
+        scores = scores.view(num_images, num_proposals, num_classes + 1)[:, :, 1:]
         valid = (scores > roi.score_thresh) & ops.big_enough(boxes, MIN_BOX_SIZE) & proposal_valid[:, :, None]
         if roi.nms_method == "hard":
             return self.hard_nms(boxes, scores, valid)

@@ -19,7 +19,7 @@ from detector.config import Config, ModelConfig
 from detector.errors import ConfigError, TargetError
 from detector.modeling.anchors import AnchorGenerator
 from detector.modeling.backbones import build_backbone
-from detector.modeling.roi_heads import BoxPredictor, ConvFCHead, ROIHeads, TwoFCHead
+from detector.modeling.roi_heads import BoxPredictor, ConvFCHead, RefinementStage, ROIHeads, TwoFCHead
 from detector.modeling.roi_pooler import RoIPooler
 from detector.modeling.rpn import RegionProposalNetwork, RPNHead
 from detector.modeling.transform import DetectionTransform
@@ -30,7 +30,8 @@ class FasterRCNN(nn.Module):
 
     Built by `build_model(config)`; the parts are injected, so each can be swapped or tested
     alone. `model(images, targets)` in train mode returns the four losses (`loss_objectness`,
-    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`); in eval mode `model(images)` returns
+    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`, and per Cascade R-CNN stage k
+    `loss_classifier_stagek`, `loss_box_reg_stagek`: `loss_names()`); in eval mode `model(images)` returns
     one {"boxes" [N, 4] xyxy, "labels" [N] in 1..K, "scores" [N]} per image, in the coordinates
     of the image given. `images`: list of [3, H, W] float tensors in 0..1, any sizes. Label 0
     is background and is never returned.
@@ -50,6 +51,12 @@ class FasterRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.num_classes = num_classes
+
+    def loss_names(self) -> tuple[str, ...]:
+        """The keys of the training losses, in the order the model returns them."""
+        stages = [f"_stage{k}" for k in range(1, len(self.roi_heads.refinements) + 1)]
+        return ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+                *[name + stage for stage in stages for name in ("loss_classifier", "loss_box_reg")])
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -153,12 +160,20 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
     )
 
     roi = cfg.roi_heads
-    if roi.head == "two_fc":
-        box_head = TwoFCHead(backbone.out_channels * roi.pool_size**2, roi.representation_size)
-    elif roi.head == "conv":
-        box_head = ConvFCHead(backbone.out_channels, roi.pool_size, roi.conv_layers, roi.representation_size, roi.conv_norm)
-    else:
+
+    def new_box_head() -> nn.Module:
+        if roi.head == "two_fc":
+            return TwoFCHead(backbone.out_channels * roi.pool_size**2, roi.representation_size)
+        if roi.head == "conv":
+            return ConvFCHead(backbone.out_channels, roi.pool_size, roi.conv_layers, roi.representation_size, roi.conv_norm)
         raise ConfigError(f"model.roi_heads.head: unknown head {roi.head!r}; choose {spell(choices.ROI_HEADS)}")
+
+    box_head = new_box_head()
+    # Cascade R-CNN stages, each with a new head of the same kind; stage k codes boxes with
+    # the first stage's weights x (k + 1).
+    refinements = [RefinementStage(head := new_box_head(), BoxPredictor(head.out_features, cfg.num_classes), iou,
+                                   tuple(weight * (stage + 1) for weight in roi.box_reg_weights))
+                   for stage, iou in enumerate(roi.cascade_ious, start=1)]
     # Every map but the max-pooled extra level of an FPN is pooled from, as in torchvision.
     featmap_names = [name for name in backbone.featmap_names if name != "pool"]
     strides = [stride for name, stride in zip(backbone.featmap_names, backbone.strides) if name != "pool"]
@@ -178,6 +193,7 @@ def build_model(config: Config | ModelConfig) -> FasterRCNN:
         soft_nms_sigma=roi.soft_nms_sigma,
         soft_nms_min_score=roi.soft_nms_min_score,
         box_loss=roi.box_loss,
+        refinements=refinements,
     )
     return FasterRCNN(transform, backbone, rpn, roi_heads, cfg.num_classes)
 

@@ -221,3 +221,18 @@ def test_train_keep_freed_memory_sets_the_allocator_on_the_cpu(tmp_path, monkeyp
     Trainer(tiny_config(tmp_path, "kept"))
     Trainer(tiny_config(tmp_path, "system", "train.keep_freed_memory=false"))
     assert calls == [1]  # the allocator itself is tested in test_allocator.py
+
+
+def test_a_cascade_run_reports_every_stages_losses(tmp_path):
+    """results.csv and the epoch means carry each Cascade R-CNN stage's losses, and "loss" is
+    the sum the optimizer stepped on (it once left the stages out)."""
+    trainer = Trainer(tiny_config(tmp_path, "cascade", "model.roi_heads.cascade_ious=[0.6]", "train.epochs=1",
+                                  "data.val=null"))
+    trainer.fit()
+    header, row = (tmp_path / "cascade" / "results.csv").read_text().strip().splitlines()
+    values = dict(zip(header.split(","), row.split(",")))
+    names = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+             "loss_classifier_stage1", "loss_box_reg_stage1")
+    assert trainer.model.loss_names() == names
+    assert float(values["loss_classifier_stage1"]) > 0
+    assert float(values["loss"]) == pytest.approx(sum(float(values[name]) for name in names), abs=1e-5)

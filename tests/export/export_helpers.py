@@ -47,6 +47,9 @@ def make_checkpoint(path: Path, overrides: list[str] = (), seed: int = 0, config
     torch.nn.init.normal_(model.rpn.head.cls_logits.weight, std=0.05)
     torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.05)
     torch.nn.init.normal_(model.roi_heads.box_predictor.bbox_pred.weight, std=0.01)
+    for stage in model.roi_heads.refinements:  # Cascade R-CNN stages: boxes that move, scores that differ
+        torch.nn.init.normal_(stage.box_predictor.cls_score.weight, std=0.05)
+        torch.nn.init.normal_(stage.box_predictor.bbox_pred.weight, std=0.01)
     if no_detection_on_black:
         calibrate_background(model, [torch.zeros(3, 333, 517), torch.zeros(3, 200, 300)], max_score=0.045)
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(config), "categories": CATEGORIES}, path)

@@ -1,6 +1,6 @@
-"""Feature pyramids and Soft-NMS export too: Lite0-FPN ranking with gaussian Soft-NMS, and
-torchvision's MobileNetV3-Large-320-FPN layout (3 maps x 15 anchors, via torchvision_config)
-with linear Soft-NMS; same detections as PyTorch at batch sizes and sizes other than the export's."""
+"""Feature pyramids, Soft-NMS and Cascade R-CNN export too: Lite0-FPN ranking with gaussian
+Soft-NMS, torchvision's MobileNetV3-Large-320-FPN layout (3 maps x 15 anchors, via
+torchvision_config) with linear Soft-NMS, and Lite0 with two cascade stages; same detections as PyTorch at batch sizes and sizes other than the export's."""
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,13 @@ def mobilenet_v3_320_fpn_linear():
     return config_from_dict(data)
 
 
-@pytest.fixture(scope="module", params=[(lite0_fpn_gaussian, (333, 517)), (mobilenet_v3_320_fpn_linear, (1000, 200))],
+def lite0_cascade():
+    return load_config(None, ["model.num_classes=4", *SMALL, "model.roi_heads.cascade_ious=[0.6,0.7]",
+                              "model.roi_heads.detections_per_img=30"])
+
+
+@pytest.fixture(scope="module", params=[(lite0_fpn_gaussian, (333, 517)), (mobilenet_v3_320_fpn_linear, (1000, 200)),
+                                        (lite0_cascade, (400, 300))],
                 ids=lambda p: p[0].__name__)
 def exported(request, tmp_path_factory):
     """(ONNX Runtime predictor of the export made at batch 3 and 480x640, eager model, size to test)."""
