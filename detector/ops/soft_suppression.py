@@ -60,39 +60,55 @@ def soft_nms_picks(boxes: Tensor, scores: Tensor, alive: Tensor, picks: int, met
     """Algorithm 1 for `picks` steps over any leading dimensions, one independent problem each:
     boxes [..., N, 4], scores and alive (a candidate mask) [..., N] -> (picked indices [..., picks],
     their decayed scores, -inf where nothing was left). No shape is read as a Python number, so
-    the exported graph traces this same function over [images, classes, proposals].
+    the exported graph traces this same function over [images, classes, proposals], where the
+    unrolled picks are most of the nodes: a pick is 6 of them (ArgMax, 2 GatherElements, Mul,
+    Add, Mul).
 
-    `iou_table`: compute every IoU once ([..., N, N]) and read the picked box's row at each pick,
-    instead of computing that row: the same numbers (the same arithmetic per pair), half the ops
-    per pick in the exported graph, where the unrolled picks are most of the nodes; the caller
-    says whether N * N fits (MAX_IOU_TABLE)."""
-    current = scores
-    alive = alive & (current >= min_score)
-    positions = torch.ones_like(current, dtype=torch.int64).cumsum(-1) - 1
-    minus_inf = torch.full_like(current, -math.inf)
+    Every factor is in [0, 1], so a score only falls, and a box is alive exactly while its score
+    is >= min_score. No mask is carried from pick to pick: a dead box holds a score below
+    min_score (0 to start with) and keeps one, and the picked box's factor for itself is 0. A
+    min_score of 0 counts as the dtype's smallest normal number (a score of 0 is never kept).
+    Nothing is NaN or infinite inside the picks: OpenVINO's comparisons do not follow IEEE's
+    for NaN, and -inf x 0 is NaN.
+
+    `iou_table`: compute every box pair's factor once ([..., N, N]) and read the picked box's row
+    at each pick, instead of computing that row: the same numbers (the same arithmetic per pair),
+    fewer ops per pick; the caller says whether N * N fits (MAX_IOU_TABLE)."""
+    floor = max(min_score, torch.finfo(scores.dtype).tiny)
+    current = torch.where(alive & (scores >= floor), scores, torch.zeros_like(scores))
+    positions = torch.ones_like(scores, dtype=torch.int64).cumsum(-1) - 1
     if iou_table:
-        # Flat [..., N * N]: IoU of box i with box j at i * N + j, so a pick reads its row with one
+        # Flat [..., N * N]: box i's factor on box j at i * N + j, so a pick reads its row with one
         # gather at best * N + positions (no shape to expand per pick in the graph).
-        overlaps = pairwise_iou(boxes.unsqueeze(-2), boxes.unsqueeze(-3)).flatten(-2)
+        itself = positions.unsqueeze(-1) == positions.unsqueeze(-2)
+        factors = decay_factors(pairwise_iou(boxes.unsqueeze(-2), boxes.unsqueeze(-3)), method, sigma, iou_threshold)
+        factors = torch.where(itself, torch.zeros_like(factors), factors).flatten(-2)
         count = positions[..., -1:] + 1
     picked, picked_scores = [], []
     for _ in range(picks):
-        candidates = torch.where(alive, current, minus_inf)
-        best = candidates.argmax(dim=-1, keepdim=True)  # argmax: the first of equal scores
+        best = current.argmax(dim=-1, keepdim=True)  # argmax: the first of equal scores
         picked.append(best)
-        picked_scores.append(candidates.gather(-1, best))  # -inf: nothing was left
+        picked_scores.append(current.gather(-1, best))
         if iou_table:
-            overlap = overlaps.gather(-1, best * count + positions)
+            factor = factors.gather(-1, best * count + positions)
         else:
             best_box = boxes.gather(-2, best.unsqueeze(-1).expand(*([-1] * best.dim()), 4))
-            overlap = pairwise_iou(best_box, boxes)
-        alive = alive & (positions != best)
-        if method == "gaussian":
-            current = current * torch.exp(-(overlap * overlap) / sigma)
-        else:
-            current = current * torch.where(overlap > iou_threshold, 1 - overlap, torch.ones_like(overlap))
-        alive = alive & (current >= min_score)
-    return torch.cat(picked, dim=-1), torch.cat(picked_scores, dim=-1)
+            factor = decay_factors(pairwise_iou(best_box, boxes), method, sigma, iou_threshold)
+            factor = torch.where(positions == best, torch.zeros_like(factor), factor)
+        current = current * factor
+    picked_scores = torch.cat(picked_scores, dim=-1)
+    # A pick below the floor was made when nothing was left: -inf says so.
+    return torch.cat(picked, dim=-1), torch.where(picked_scores >= floor, picked_scores,
+                                                  torch.full_like(picked_scores, -math.inf))
+
+
+def decay_factors(overlap: Tensor, method: str, sigma: float, iou_threshold: float) -> Tensor:
+    """What a box's score is multiplied by, given its IoU with the picked box: in [0, 1], never NaN.
+    Two boxes of no area have an IoU of 0 / 0, counted as 0 (no overlap)."""
+    overlap = torch.where(torch.isnan(overlap), torch.zeros_like(overlap), overlap)
+    if method == "gaussian":
+        return torch.exp(-(overlap * overlap) / sigma)
+    return torch.where(overlap > iou_threshold, 1 - overlap, torch.ones_like(overlap)).clamp(min=0)
 
 
 def pairwise_iou(box: Tensor, boxes: Tensor) -> Tensor:

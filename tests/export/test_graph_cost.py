@@ -82,4 +82,5 @@ def test_a_soft_nms_pick_costs_few_nodes(lite0, tmp_path):
     soft = onnx.load(str(export_onnx(lite0[0], tmp_path / "soft.onnx", overrides=settings)))
     hard = onnx.load(str(export_onnx(lite0[0], tmp_path / "hard.onnx", overrides=settings[1:])))
     working = lambda proto: sum(node.op_type != "Constant" for node in proto.graph.node)  # noqa: E731
-    assert (working(soft) - working(hard)) / picks <= 20  # 35 when each pick computed its IoU row
+    # 35 when each pick computed its IoU row, 14 when it carried a mask of the boxes left; 7 now
+    assert (working(soft) - working(hard)) / picks <= 8

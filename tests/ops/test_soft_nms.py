@@ -69,6 +69,20 @@ def test_equals_the_papers_algorithm_on_random_boxes(method, seed):
     assert len(expected) < 120  # some boxes did decay below min_score
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_boxes_of_no_area_and_a_min_score_of_zero_follow_the_paper(method):
+    """No NaN inside the picks: two boxes of no area do not overlap (as plain_iou says), and with
+    min_score 0 every box is kept, none dropped or picked twice."""
+    boxes, scores = random_boxes(40, seed=3)
+    boxes[5] = boxes[9] = torch.tensor([10.0, 10.0, 10.0, 30.0], dtype=torch.float64)  # no width
+    for min_score in (1e-3, 0.0):
+        keep, decayed = ops.soft_nms(boxes, scores, method, 0.5, 0.3, min_score)
+        expected, expected_scores = reference_soft_nms(boxes.numpy(), scores.numpy(), method, 0.5, 0.3, min_score)
+        assert keep.tolist() == expected
+        np.testing.assert_allclose(decayed.numpy(), expected_scores, rtol=1e-12)
+    assert len(keep) == 40
+
+
 def test_max_kept_is_the_head_of_the_full_answer():
     boxes, scores = random_boxes(80, 7)
     keep, decayed = ops.soft_nms(boxes, scores)
