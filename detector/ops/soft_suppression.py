@@ -61,45 +61,71 @@ def soft_nms_picks(boxes: Tensor, scores: Tensor, alive: Tensor, picks: int, met
     boxes [..., N, 4], scores and alive (a candidate mask) [..., N] -> (picked indices [..., picks],
     their decayed scores, -inf where nothing was left). No shape is read as a Python number, so
     the exported graph traces this same function over [images, classes, proposals], where the
-    unrolled picks are most of the nodes: a pick is 6 of them (ArgMax, 2 GatherElements, Mul,
-    Add, Mul).
+    unrolled picks are most of the nodes: with the table a pick is 4 of them (ArgMax, Add,
+    Gather, Mul).
 
     Every factor is in [0, 1], so a score only falls, and a box is alive exactly while its score
     is >= min_score. No mask is carried from pick to pick: a dead box holds a score below
     min_score (0 to start with) and keeps one, and the picked box's factor for itself is 0. A
     min_score of 0 counts as the dtype's smallest normal number (a score of 0 is never kept).
-    Nothing is NaN or infinite inside the picks: OpenVINO's comparisons do not follow IEEE's
-    for NaN, and -inf x 0 is NaN.
+    Nor is a picked score read at its pick: afterwards it is the box's first score times the
+    factors of the boxes picked before it (picked_scores). Nothing is NaN or infinite inside the
+    picks: OpenVINO's comparisons do not follow IEEE's for NaN, and -inf x 0 is NaN.
 
     `iou_table`: compute every box pair's factor once ([..., N, N]) and read the picked box's row
     at each pick, instead of computing that row: the same numbers (the same arithmetic per pair),
     fewer ops per pick; the caller says whether N * N fits (MAX_IOU_TABLE)."""
+    leading, count = scores.shape[:-1], scores.shape[-1]
+    boxes, scores, alive = boxes.reshape(-1, count, 4), scores.reshape(-1, count), alive.reshape(-1, count)
     floor = max(min_score, torch.finfo(scores.dtype).tiny)
-    current = torch.where(alive & (scores >= floor), scores, torch.zeros_like(scores))
-    positions = torch.ones_like(scores, dtype=torch.int64).cumsum(-1) - 1
+    first = torch.where(alive & (scores >= floor), scores, torch.zeros_like(scores))  # [P, N]
+    positions = torch.ones_like(first, dtype=torch.int64).cumsum(-1) - 1
     if iou_table:
-        # Flat [..., N * N]: box i's factor on box j at i * N + j, so a pick reads its row with one
-        # gather at best * N + positions (no shape to expand per pick in the graph).
+        # [P * N, N]: problem p's box i's factor on its box j in row p * N + i, so a pick reads its
+        # rows with one Gather at best + p * N.
         itself = positions.unsqueeze(-1) == positions.unsqueeze(-2)
         factors = decay_factors(pairwise_iou(boxes.unsqueeze(-2), boxes.unsqueeze(-3)), method, sigma, iou_threshold)
-        factors = torch.where(itself, torch.zeros_like(factors), factors).flatten(-2)
-        count = positions[..., -1:] + 1
-    picked, picked_scores = [], []
+        factors = torch.where(itself, torch.zeros_like(factors), factors).reshape(-1, count)
+        row_of_problem = (torch.ones_like(first[:, 0], dtype=torch.int64).cumsum(0) - 1) * (positions[:, -1] + 1)
+    # [P, 1, N]: a pick's index is [P, 1], which Gather and the final Concat take without an
+    # Unsqueeze per pick.
+    current, picked = first.unsqueeze(1), []
     for _ in range(picks):
-        best = current.argmax(dim=-1, keepdim=True)  # argmax: the first of equal scores
+        best = current.argmax(dim=-1)  # [P, 1]; argmax: the first of equal scores
         picked.append(best)
-        picked_scores.append(current.gather(-1, best))
         if iou_table:
-            factor = factors.gather(-1, best * count + positions)
+            factor = factors[best + row_of_problem[:, None]]  # Gather: [P, 1, N]
         else:
-            best_box = boxes.gather(-2, best.unsqueeze(-1).expand(*([-1] * best.dim()), 4))
+            best_box = boxes.gather(1, best[..., None].expand(-1, 1, 4))
             factor = decay_factors(pairwise_iou(best_box, boxes), method, sigma, iou_threshold)
-            factor = torch.where(positions == best, torch.zeros_like(factor), factor)
+            factor = torch.where(positions == best, torch.zeros_like(factor), factor).unsqueeze(1)
         current = current * factor
-    picked_scores = torch.cat(picked_scores, dim=-1)
+    picked = torch.cat(picked, dim=-1)  # [P, picks]
+    scores = picked_scores(boxes, first, picked, method, sigma, iou_threshold)
     # A pick below the floor was made when nothing was left: -inf says so.
-    return torch.cat(picked, dim=-1), torch.where(picked_scores >= floor, picked_scores,
-                                                  torch.full_like(picked_scores, -math.inf))
+    scores = torch.where(scores >= floor, scores, torch.full_like(scores, -math.inf))
+    return picked.reshape(*leading, picks), scores.reshape(*leading, picks)
+
+
+def picked_scores(boxes: Tensor, first: Tensor, picked: Tensor, method: str, sigma: float,
+                  iou_threshold: float) -> Tensor:
+    """Each pick's score when it was picked: its first score times the factors of the picks before
+    it, [P, picks]. A few ops once, where reading it at each pick cost two per pick. The product
+    is taken in another order than the picks' running one, so it may differ in the last bit."""
+    picked_boxes = boxes.gather(1, picked[..., None].expand(-1, -1, 4))  # [P, T, 4]
+    order = torch.ones_like(picked).cumsum(-1) - 1
+    products = []
+    # Columns in blocks, so [P, T, block] stays within MAX_IOU_TABLE (one block in the graph).
+    block = max(1, MAX_IOU_TABLE // picked.shape[-1])
+    for start in range(0, picked.shape[-1], block):
+        later = slice(start, start + block)
+        overlap = pairwise_iou(picked_boxes.unsqueeze(-2), picked_boxes[:, later].unsqueeze(-3))  # [P, T, block]
+        # A box picked again (once nothing is left) was zeroed by its own first pick.
+        again = picked.unsqueeze(-1) == picked[:, later].unsqueeze(-2)
+        factors = torch.where(again, torch.zeros_like(overlap), decay_factors(overlap, method, sigma, iou_threshold))
+        earlier = order.unsqueeze(-1) < order[:, later].unsqueeze(-2)  # pick s came before pick t
+        products.append(torch.where(earlier, factors, torch.ones_like(factors)).prod(dim=-2))
+    return first.gather(1, picked) * torch.cat(products, dim=-1)
 
 
 def decay_factors(overlap: Tensor, method: str, sigma: float, iou_threshold: float) -> Tensor:
