@@ -144,6 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.int8 == "export" and not args.weights:
         parser.error("--int8 without FILE exports the INT8 file from --weights (trained weights: AP means something)")
+    if args.int8 not in (None, "export") and not Path(args.int8).is_file():
+        parser.error(f"--int8 {args.int8}: no such file (leave FILE out to export one from --weights)")
     if args.threads:
         torch.set_num_threads(args.threads)
     from detector.engine.allocator import keep_freed_memory
