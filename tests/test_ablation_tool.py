@@ -83,3 +83,25 @@ def test_a_tiny_ablation_trains_each_variant_per_seed_and_a_rerun_reuses_them(tm
     first = written
     assert ablation.main(argv) == 0  # every run found finished: the same numbers, wall times included
     assert (tmp_path / "out" / "ablation.md").read_text() == first
+
+
+def test_a_rerun_after_the_recipe_changed_trains_again_instead_of_reusing_old_numbers(tmp_path, capsys):
+    synthetic = f"{{format: synthetic, root: {tmp_path / 'synthetic'}, num_images: NUM, seed: 1, split: SPLIT}}"
+    overrides = [
+        "model.transform.min_size=96", "model.transform.max_size=128", "model.anchors.sizes=[[16, 32, 64]]",
+        "model.rpn.pre_nms_top_n_test=50", "model.rpn.post_nms_top_n_test=20", "model.roi_heads.batch_size_per_image=16",
+        "data.train=" + synthetic.replace("NUM", "2").replace("SPLIT", "train"),
+        "data.val=" + synthetic.replace("NUM", "2").replace("SPLIT", "val"),
+        "data.workers=0", "train.batch_size=2", "train.max_iters=1", "train.previews=false",
+        "train.num_val_images_drawn=0"]
+    recipe = tmp_path / "tiny.yaml"
+    argv = [str(recipe), "--seeds", "1", "--options", "ema=train.ema=true", "--output", str(tmp_path / "out")]
+    trained_with = tmp_path / "out" / "baseline" / "seed0" / "config.yaml"  # the trainer's own record
+    save_config(load_config(None, overrides), recipe)
+    assert ablation.main(argv) == 0
+    assert load_config(trained_with).model.transform.min_size == 96
+    save_config(load_config(None, [*overrides, "model.transform.min_size=112"]), recipe)  # the recipe edited
+    capsys.readouterr()
+    assert ablation.main(argv) == 0
+    assert load_config(trained_with).model.transform.min_size == 112
+    assert "trained with another config (model.transform.min_size); training it again" in capsys.readouterr().out

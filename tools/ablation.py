@@ -6,10 +6,11 @@
 An option is NAME=KEY=VALUE; give one NAME several times to switch several keys together
 (`ms=model.transform.train_min_sizes=[224,256,288]`). The variants are the recipe as it is
 ("baseline"), each option alone on, and with `--all` every option at once; each trains with
-train.seed = 0..N-1 (`--first-seed`) into OUTPUT/<variant>/seed<k>/, whose results.json a rerun
-reuses (an interrupted ablation continues where it stopped). Every variant's config is loaded
-once, before the first run: a misspelt key fails at once, naming it, and an edit of the YAML
-files while the ablation runs changes none of its runs.
+train.seed = 0..N-1 (`--first-seed`) into OUTPUT/<variant>/seed<k>/, whose results.json (numbers
+and the run's whole config) a rerun reuses while the config is the same: an interrupted ablation
+continues where it stopped, and a run of a recipe edited since then trains again. Every variant's
+config is loaded once, before the first run: a misspelt key fails at once, naming it, and an edit
+of the YAML files while the ablation runs changes none of its runs.
 
 Prints, and writes to OUTPUT/ablation.md, one table: per variant the mean and spread over seeds
 (sample standard deviation, and min-max) of AP, AP50, AP_small, each class's AP and the wall time
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import load_config  # noqa: E402
-from detector.config import Config  # noqa: E402
+from detector.config import Config, config_to_dict  # noqa: E402
 from detector.errors import ConfigError  # noqa: E402
 
 BASELINE = "baseline"
@@ -70,24 +71,47 @@ def load_variants(config: str, chosen: dict[str, list[str]]) -> dict[str, Config
     return loaded
 
 
+def recipe_of(config: Config) -> dict:
+    """A run's whole config as results.json records it (JSON types, the output folder left out)."""
+    recipe = config_to_dict(config)
+    del recipe["output"]
+    return json.loads(json.dumps(recipe))
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
 def train_once(config: Config, overrides: list[str], seed: int, folder: Path) -> dict:
-    """Train one variant with one seed (reusing a finished run's results.json) -> its numbers."""
+    """Train one variant with one seed -> its numbers. A finished run's results.json is reused only
+    when it was trained with this very config: after an edit of the recipe, the run trains again."""
+    run_config = copy.deepcopy(config)
+    run_config.train.seed, run_config.output = seed, str(folder)
+    recipe = recipe_of(run_config)
     done = folder / "results.json"
     if done.is_file():
         result = json.loads(done.read_text())
-        if result["overrides"] == overrides:
+        if result.get("config") == recipe:
             return result
+        changed = changed_keys(result["config"], recipe) if "config" in result else ["(not recorded)"]
+        print(f"{done}: trained with another config ({', '.join(changed[:5])}); training it again", flush=True)
     from detector.engine.trainer import Trainer
 
-    run_config = copy.deepcopy(config)
-    run_config.train.seed, run_config.output = seed, str(folder)
     start = time.perf_counter()
     metrics = Trainer(run_config).fit()
     wall = time.perf_counter() - start
     if not metrics:
         raise ConfigError("the run had no evaluation (data.val is needed to compare variants)")
     result = {"overrides": overrides, "seed": seed, "wall_s": wall, "AP": metrics["AP"], "AP50": metrics["AP50"],
-              "AP_small": metrics["APs"], "per_class": metrics["per_class"]}
+              "AP_small": metrics["APs"], "per_class": metrics["per_class"], "config": recipe}
     done.write_text(json.dumps(result, indent=1))
     return result
 
