@@ -101,8 +101,9 @@ def train_once(config: Config, overrides: list[str], seed: int, folder: Path) ->
         result = json.loads(done.read_text())
         if result.get("config") == recipe:
             return result
-        changed = changed_keys(result["config"], recipe) if "config" in result else ["(not recorded)"]
-        print(f"{done}: trained with another config ({', '.join(changed[:5])}); training it again", flush=True)
+        why = (f"trained with another config ({', '.join(changed_keys(result['config'], recipe)[:5])})"
+               if "config" in result else "does not record its config (an older ablation.py wrote it)")
+        print(f"{done}: {why}; training it again", flush=True)
     from detector.engine.trainer import Trainer
 
     start = time.perf_counter()
