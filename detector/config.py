@@ -295,6 +295,17 @@ def settings_from_section(cls: type, section: Any, changes: dict[str, Any]) -> A
     return cls(**values)
 
 
+def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train.optimizer.lr": 0.08, ...}: every leaf of a nested dict under its dotted key (an empty dict is a leaf)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     config = _build(Config, data, "", source)
     check_config(config, source)

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import load_config  # noqa: E402
-from detector.config import Config, config_to_dict  # noqa: E402
+from detector.config import Config, config_to_dict, flatten_config  # noqa: E402
 from detector.errors import ConfigError  # noqa: E402
 
 BASELINE = "baseline"
@@ -78,16 +78,10 @@ def recipe_of(config: Config) -> dict:
     return json.loads(json.dumps(recipe))
 
 
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+def changed_keys(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(prefix + key)
-    return keys
+    old, new = flatten_config(old), flatten_config(new)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
 def train_once(config: Config, overrides: list[str], seed: int, folder: Path) -> dict:

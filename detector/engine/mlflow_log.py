@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from detector.config import flatten_config
 from detector.dependencies import require
 from detector.errors import ConfigError
 
@@ -31,13 +32,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (since 2.x; longer va
 
 def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
     """{"train.optimizer.lr": "0.08", ...}: every leaf of a nested dict, values as MLflow stores them."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)[:MAX_PARAM_LENGTH]
-    return flat
+    return {key: str(value)[:MAX_PARAM_LENGTH] for key, value in flatten_config(tree, prefix).items()}
 
 
 def is_file_store(uri: str) -> bool:
