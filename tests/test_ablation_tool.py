@@ -105,3 +105,54 @@ def test_a_rerun_after_the_recipe_changed_trains_again_instead_of_reusing_old_nu
     assert ablation.main(argv) == 0
     assert load_config(trained_with).model.transform.min_size == 112
     assert "trained with another config (model.transform.min_size); training it again" in capsys.readouterr().out
+
+
+def test_options_of_eval_only_keys_are_evaluated_and_the_others_trained():
+    options = {"soft": ["model.roi_heads.nms_method=gaussian", "model.roi_heads.soft_nms_sigma=0.3"],
+               "tta": ["inference.tta.hflip=true"],
+               "res": ["model.transform.min_size=480"],  # a test-time key, but training resizes with it too
+               "mixed": ["model.roi_heads.nms_method=gaussian", "train.ema=true"]}
+    configs = {name: load_config(None, overrides) for name, overrides in options.items()}
+    assert ablation.evaluated_variants(options, configs) == {"soft", "tta"}
+    # With patience, validation (and so its post-processing) decides when training stops.
+    configs["soft"] = load_config(None, [*options["soft"], "train.patience=2"])
+    assert ablation.evaluated_variants(options, configs) == {"tta"}
+
+
+def test_an_eval_only_option_is_measured_on_the_baselines_weights_without_training(tmp_path, capsys):
+    synthetic = f"{{format: synthetic, root: {tmp_path / 'synthetic'}, num_images: NUM, seed: 1, split: SPLIT}}"
+    recipe = tmp_path / "tiny.yaml"
+    save_config(load_config(None, [
+        "model.transform.min_size=96", "model.transform.max_size=128", "model.anchors.sizes=[[16, 32, 64]]",
+        "model.rpn.pre_nms_top_n_test=50", "model.rpn.post_nms_top_n_test=20", "model.roi_heads.batch_size_per_image=16",
+        "model.roi_heads.score_thresh=0.0", "data.train=" + synthetic.replace("NUM", "4").replace("SPLIT", "train"),
+        "data.val=" + synthetic.replace("NUM", "2").replace("SPLIT", "val"), "data.workers=0", "train.batch_size=2",
+        "train.max_iters=2", "train.previews=false", "train.num_val_images_drawn=0"]), recipe)
+    out = tmp_path / "out"
+    argv = [str(recipe), "--seeds", "1", "--output", str(out), "--options", "same=model.roi_heads.nms_method=hard",
+            "soft=model.roi_heads.nms_method=gaussian"]
+    assert ablation.main(argv) == 0
+    baseline, same, soft = (json.loads((out / name / "seed0" / "results.json").read_text())
+                            for name in ("baseline", "same", "soft"))
+    assert not (out / "same" / "seed0" / "weights").exists() and not (out / "soft" / "seed0" / "weights").exists()
+    assert same["weights"] == soft["weights"] == str(out / "baseline" / "seed0" / "weights" / "last.pt")
+    assert same["wall_s"] is None and same["config"]["model"]["roi_heads"]["nms_method"] == "hard"
+    # The recipe's own setting on its own weights: training's final validation, number for number.
+    assert (same["AP"], same["AP50"], same["per_class"]) == (baseline["AP"], baseline["AP50"], baseline["per_class"])
+    assert soft["config"]["model"]["roi_heads"]["nms_method"] == "gaussian"
+    written = (out / "ablation.md").read_text()
+    assert "Evaluated on the baseline's final weights of each seed, not trained: same, soft" in written
+    assert "(+0.000; per seed +0.000 to +0.000)" in written
+    # The baseline trained again (other weights): the evaluated variants are evaluated again.
+    (out / "baseline" / "seed0" / "results.json").unlink()
+    capsys.readouterr()
+    assert ablation.main(argv) == 0
+    assert capsys.readouterr().out.count("evaluated another config or other weights; evaluating again") == 2
+
+
+def test_an_eval_only_option_without_the_baselines_weights_names_the_missing_file(tmp_path, capsys):
+    config = load_config(None, ["data.train={format: synthetic, root: x, split: train}",
+                                "data.val={format: synthetic, root: x, split: val}"])
+    with pytest.raises(ConfigError, match=r"baseline/seed0/weights/last.pt: missing; an eval-only option"):
+        ablation.evaluate_once(config, ["model.roi_heads.nms_method=gaussian"], 0, tmp_path / "soft" / "seed0",
+                               tmp_path / "baseline" / "seed0")

@@ -12,6 +12,14 @@ continues where it stopped, and a run of a recipe edited since then trains again
 config is loaded once, before the first run: a misspelt key fails at once, naming it, and an edit
 of the YAML files while the ablation runs changes none of its runs.
 
+An option that sets only keys training never reads (detection post-processing such as
+`model.roi_heads.nms_method`, `inference.tta.*`: detector/inference/overrides.py EVAL_ONLY_KEYS)
+is not trained: its variant evaluates the baseline's final weights of the same seed
+(OUTPUT/baseline/seed<k>/weights/last.pt) on data.val, as `detector eval` would with that config.
+Its change is then paired, seed by seed, and the table gives its range over the seeds, free of
+the spread that training adds. (With train.patience, validation decides when training stops, so
+every option trains.)
+
 Prints, and writes to OUTPUT/ablation.md, one table: per variant the mean and spread over seeds
 (sample standard deviation, and min-max) of AP, AP50, AP_small, each class's AP and the wall time
 of the run (training and its evaluations), with the difference of each mean to the baseline's;
@@ -30,8 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import load_config  # noqa: E402
-from detector.config import Config, config_to_dict, flatten_config  # noqa: E402
+from detector.config import Config, config_to_dict, flatten_config, parse_override  # noqa: E402
 from detector.errors import ConfigError  # noqa: E402
+from detector.inference.overrides import is_eval_only  # noqa: E402
 
 BASELINE = "baseline"
 
@@ -69,6 +78,13 @@ def load_variants(config: str, chosen: dict[str, list[str]]) -> dict[str, Config
         except ConfigError as error:
             raise ConfigError(f"option {name}: {error}") from None
     return loaded
+
+
+def evaluated_variants(options: dict[str, list[str]], configs: dict[str, Config]) -> set[str]:
+    """The options that need no training: every key they set is eval-only, and training's
+    validation does not steer when it stops (train.patience)."""
+    return {name for name, overrides in options.items()
+            if configs[name].train.patience is None and all(is_eval_only(parse_override(o)[0]) for o in overrides)}
 
 
 def recipe_of(config: Config) -> dict:
@@ -111,6 +127,46 @@ def train_once(config: Config, overrides: list[str], seed: int, folder: Path) ->
     return result
 
 
+def evaluate_once(config: Config, overrides: list[str], seed: int, folder: Path, baseline: Path) -> dict:
+    """Evaluate the baseline's final weights of this seed with an eval-only variant's config -> its
+    numbers (wall_s None: nothing trained). Reused while the config and those weights are the same."""
+    config = copy.deepcopy(config)
+    config.train.seed = seed
+    weights = baseline / "weights" / "last.pt"
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: missing; an eval-only option is measured on the baseline's final weights")
+    recipe, modified = recipe_of(config), weights.stat().st_mtime_ns
+    done = folder / "results.json"
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("config") == recipe and result.get("weights_mtime_ns") == modified:
+            return result
+        print(f"{done}: evaluated another config or other weights; evaluating again", flush=True)
+    from detector.data import CategoryMap, load_dataset
+    from detector.engine.evaluation import evaluate_model
+    from detector.inference import load_predictor
+    from detector.inference.slicing import SliceSettings
+    from detector.inference.tta import TtaSettings
+
+    start = time.perf_counter()
+    # The checkpoint's own config (the recipe, --set included) builds the model; the variant's
+    # eval-only model keys change its post-processing, its inference section slicing and TTA.
+    post_processing = [o for o in overrides if (key := parse_override(o)[0]).startswith("model.") and is_eval_only(key)]
+    predictor = load_predictor(weights, device=config.train.device, overrides=post_processing,
+                               slicing=SliceSettings.from_config(config.inference.slice),
+                               tta=TtaSettings.from_config(config.inference.tta))
+    categories = CategoryMap(tuple(predictor.category_ids), tuple(predictor.category_names))
+    dataset = load_dataset(config.data.val, categories, policy=config.data.policy)
+    metrics = evaluate_model(predictor.model, dataset, predictor.device, folder / "eval", batch_size=config.train.batch_size,
+                             workers=config.data.workers, draw=config.train.num_val_images_drawn)
+    result = {"overrides": overrides, "seed": seed, "wall_s": None, "eval_s": time.perf_counter() - start,
+              "AP": metrics["AP"], "AP50": metrics["AP50"], "AP_small": metrics["APs"],
+              "per_class": metrics["per_class"], "config": recipe, "weights": str(weights),
+              "weights_mtime_ns": modified}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def columns(results: list[dict]) -> list[str]:
     classes = list(results[0]["per_class"]) if results else []
     return ["AP", "AP50", "AP_small", *[f"AP {name}" for name in classes], "wall_s"]
@@ -127,8 +183,16 @@ def spread(values: list[float]) -> tuple[float, float, float, float]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, min(values), max(values))
 
 
+def paired_changes(baseline: list[dict], runs: list[dict], column: str) -> list[float]:
+    """Each run's value minus the baseline's of the same seed (both known)."""
+    base = {run["seed"]: value(run, column) for run in baseline}
+    return [value(run, column) - base[run["seed"]] for run in runs
+            if value(run, column) is not None and base.get(run["seed"]) is not None]
+
+
 def summary_table(results: dict[str, list[dict]]) -> list[str]:
-    """Markdown: per variant and column, mean ± sd [min-max] over seeds, and the mean's change from the baseline."""
+    """Markdown: per variant and column, mean ± sd [min-max] over seeds, and the mean's change from
+    the baseline; for a variant evaluated on the baseline's weights, also the range of its changes seed by seed."""
     names = columns(results[BASELINE])
     lines = ["| variant | seeds | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
     base_means = {}
@@ -145,7 +209,11 @@ def summary_table(results: dict[str, list[dict]]) -> list[str]:
             if variant == BASELINE:
                 base_means[column] = mean
             elif column in base_means:
-                cell += f" ({mean - base_means[column]:+.{digits}f})"
+                change = f"{mean - base_means[column]:+.{digits}f}"
+                paired = paired_changes(results[BASELINE], runs, column) if runs[0].get("weights") else []
+                if paired:  # evaluated on the baseline's own weights: the change seed by seed
+                    change += f"; per seed {min(paired):+.3f} to {max(paired):+.3f}"
+                cell += f" ({change})"
             cells.append(cell)
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
@@ -163,11 +231,14 @@ def runs_table(results: dict[str, list[dict]]) -> list[str]:
 
 
 def report(config: str, chosen: dict[str, list[str]], results: dict[str, list[dict]], command: str) -> str:
+    evaluated = [name for name, runs in results.items() if runs and runs[0].get("weights")]
     options = "; ".join(f"{name}: {' '.join(overrides) or 'the recipe as it is'}" for name, overrides in chosen.items())
     return "\n".join([
         f"Ablation of `{config}`: `{command}`", "",
         f"Variants: {options}.", "",
-        "Mean ± sample standard deviation [min–max] over seeds; (±x): the mean's change from the baseline.", "",
+        "Mean ± sample standard deviation [min–max] over seeds; (±x): the mean's change from the baseline.",
+        *([f"Evaluated on the baseline's final weights of each seed, not trained: {', '.join(evaluated)} "
+           "(eval-only keys); their change is also given seed by seed."] if evaluated else []), "",
         *summary_table(results), "", "Every run:", "", *runs_table(results), ""])
 
 
@@ -187,14 +258,20 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {name: [*args.set, *overrides] for name, overrides in
                   variants(parse_options(args.options), args.all).items()}
         configs = load_variants(args.config, chosen)
+        evaluated = evaluated_variants(parse_options(args.options), configs)
         results: dict[str, list[dict]] = {}
         for seed in range(args.first_seed, args.first_seed + args.seeds):  # seed-major: a cut-short ablation still compares
             for name, overrides in chosen.items():
                 folder = Path(args.output) / name / f"seed{seed}"
-                result = train_once(configs[name], overrides, seed, folder)
+                if name in evaluated:
+                    baseline = Path(args.output) / BASELINE / f"seed{seed}"
+                    result = evaluate_once(configs[name], overrides, seed, folder, baseline)
+                    took = f"evaluated the baseline's weights in {result['eval_s']:.0f} s"
+                else:
+                    result = train_once(configs[name], overrides, seed, folder)
+                    took = f"{result['wall_s']:.0f} s"
                 results.setdefault(name, []).append(result)
-                print(f"{name} seed {seed}: AP {result['AP']} AP50 {result['AP50']} ({result['wall_s']:.0f} s)",
-                      flush=True)
+                print(f"{name} seed {seed}: AP {result['AP']} AP50 {result['AP50']} ({took})", flush=True)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,23 @@ TEST_TIME_KEYS = (
 )
 MODEL_PREFIX = "model."
 
+# What training never reads: the proposal counts and detection post-processing of eval mode, and
+# test-time augmentation / sliced prediction. Changing one of these leaves the trained weights as
+# they are, so tools/ablation.py measures it on them instead of training again. (The resize and
+# the RPN's NMS are test-time settings too, but training uses them.) Sliced prediction does steer
+# training's validation, which picks best.pt and, with train.patience, when training stops.
+EVAL_ONLY_KEYS = (
+    "model.rpn.pre_nms_top_n_test", "model.rpn.post_nms_top_n_test",
+    "model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_img",
+    "model.roi_heads.nms_method", "model.roi_heads.soft_nms_sigma", "model.roi_heads.soft_nms_min_score",
+)
+EVAL_ONLY_PREFIX = "inference."
+
+
+def is_eval_only(key: str) -> bool:
+    """Whether training never reads `key` (see EVAL_ONLY_KEYS)."""
+    return key in EVAL_ONLY_KEYS or key.startswith(EVAL_ONLY_PREFIX)
+
 
 def select_test_time_overrides(overrides: Sequence[str]) -> list[str]:
     """Of a command's key=value overrides (eval, analyze: data.* and train.batch_size pick the
