@@ -156,3 +156,8 @@ def test_an_eval_only_option_without_the_baselines_weights_names_the_missing_fil
     with pytest.raises(ConfigError, match=r"baseline/seed0/weights/last.pt: missing; an eval-only option"):
         ablation.evaluate_once(config, ["model.roi_heads.nms_method=gaussian"], 0, tmp_path / "soft" / "seed0",
                                tmp_path / "baseline" / "seed0")
+
+
+def test_a_change_that_rounds_to_zero_has_no_sign():
+    assert [ablation.signed(x) for x in (0.0123, -0.0041, -1e-9, 0.0)] == ["+0.012", "-0.004", "+0.000", "+0.000"]
+    assert ablation.signed(-0.4, digits=0) == "+0" and ablation.signed(-7.0, digits=0) == "-7"

@@ -183,6 +183,12 @@ def spread(values: list[float]) -> tuple[float, float, float, float]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, min(values), max(values))
 
 
+def signed(change: float, digits: int = 3) -> str:
+    """+0.012, -0.004; a change that rounds to zero is +0.000, whatever its sign."""
+    text = f"{change:+.{digits}f}"
+    return "+" + text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def paired_changes(baseline: list[dict], runs: list[dict], column: str) -> list[float]:
     """Each run's value minus the baseline's of the same seed (both known)."""
     base = {run["seed"]: value(run, column) for run in baseline}
@@ -209,10 +215,10 @@ def summary_table(results: dict[str, list[dict]]) -> list[str]:
             if variant == BASELINE:
                 base_means[column] = mean
             elif column in base_means:
-                change = f"{mean - base_means[column]:+.{digits}f}"
+                change = signed(mean - base_means[column], digits)
                 paired = paired_changes(results[BASELINE], runs, column) if runs[0].get("weights") else []
                 if paired:  # evaluated on the baseline's own weights: the change seed by seed
-                    change += f"; per seed {min(paired):+.3f} to {max(paired):+.3f}"
+                    change += f"; per seed {signed(min(paired))} to {signed(max(paired))}"
                 cell += f" ({change})"
             cells.append(cell)
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
