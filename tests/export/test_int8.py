@@ -3,7 +3,9 @@ a file every command runs like any .onnx, and an accuracy gate whose numbers are
 
 The val set is real photos whose ground truth is the FP32 model's own confident boxes, each moved
 by up to 15% of its size (seeded): AP sits mid-range, where every box INT8 loses or shifts moves
-it. Calibration: 8 synthetic training images (the fewest allowed), so each export takes seconds.
+it. Calibration: 8 other real photos (the fewest allowed), so each export takes seconds. Calibrated
+on the synthetic shapes instead, the ranges clip what real photos reach, AP50 halves, and which of
+the few confident boxes survive depends on the CPU's float rounding.
 """
 import json
 
@@ -17,21 +19,24 @@ from detector.export.int8 import export_int8, layer_of
 from detector.export.onnx import signature
 from detector.inference import load_predictor
 from detector.inference.exported import OnnxPredictor
-from export_helpers import CATEGORIES, box_iou, eager_detections, photos, resized
+from export_helpers import CATEGORIES, box_iou, eager_detections, load_tool, photos, resized
 
 SIZES = ((333, 517), (448, 224))
 
 
 @pytest.fixture(scope="module")
 def gate_config(lite0, tmp_path_factory):
-    """A config: data.train 8 synthetic images (calibration), data.val 6 photos labelled as above."""
+    """A config: data.train 8 unlabelled photos (calibration), data.val 6 others labelled as above."""
     folder = tmp_path_factory.mktemp("int8_data")
     model = lite0[3]
     rng = np.random.default_rng(0)
+    categories = [{"id": i, "name": n} for i, n in zip(CATEGORIES["ids"], CATEGORIES["names"])]
+    calibration = [write_png(folder / f"train{index}.png", resized(photo, size), index)
+                   for index, (photo, size) in enumerate((photo, size) for photo in photos()[3:7] for size in SIZES)]
+    (folder / "train.json").write_text(json.dumps({"images": calibration, "annotations": [], "categories": categories}))
     images, annotations = [], []
     for index, image in enumerate(resized(photo, size) for photo in photos()[:3] for size in SIZES):
-        cv2.imwrite(str(folder / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        images.append({"id": index + 1, "file_name": f"{index}.png", "height": image.shape[0], "width": image.shape[1]})
+        images.append(write_png(folder / f"{index}.png", image, index))
         found = eager_detections(model, image)
         confident = found["scores"] >= 0.3
         boxes, labels = found["boxes"][confident], found["labels"][confident]
@@ -43,16 +48,20 @@ def gate_config(lite0, tmp_path_factory):
                                 "category_id": CATEGORIES["ids"][int(label) - 1], "area": (x2 - x1) * (y2 - y1),
                                 "bbox": [x1, y1, x2 - x1, y2 - y1]})
     assert len(annotations) >= 5
-    categories = [{"id": i, "name": n} for i, n in zip(CATEGORIES["ids"], CATEGORIES["names"])]
     coco = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "val.json").write_text(json.dumps(coco))
     config = folder / "gate.yaml"
     config.write_text(f"model: {{num_classes: 4}}\ndata:\n"
-                      f"  train: {{format: synthetic, root: {folder / 'synthetic'}, split: train, num_images: 8, "
-                      f"seed: 0}}\n"
+                      f"  train: {{format: coco, annotations: {folder / 'train.json'}}}\n"
                       f"  val: {{format: coco, annotations: {folder / 'val.json'}}}\n"
                       f"  workers: 0\ntrain: {{batch_size: 2, device: cpu}}\n")
     return config
+
+
+def write_png(path, image: np.ndarray, index: int) -> dict:
+    """Write an RGB image; its COCO image record (id index + 1)."""
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return {"id": index + 1, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]}
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +95,30 @@ def test_only_the_backbone_is_quantized_and_the_file_keeps_the_fp32_contract(lit
     assert {key: metadata[key] for key in fp32_metadata} == fp32_metadata
     record = json.loads(metadata["int8"])
     assert json.loads(metadata["precision"]) == "int8"
-    assert record["calibration"]["images"] == 8 and record["calibration"]["dataset"]["format"] == "synthetic"
+    assert record["calibration"]["images"] == 8 and record["calibration"]["dataset"]["format"] == "coco"
     assert record["gate"]["fp32"] == int8_export.fp32 and record["gate"]["int8"] == int8_export.int8
     assert record["fp32_layers"] == ["backbone.body.stem"]
 
 
-def test_int8_detections_are_close_to_fp32_but_not_the_same(lite0, int8_export):
-    """Genuinely quantized: scores move; still the same objects (top boxes overlap at IoU >= 0.8)."""
+def test_int8_features_are_close_to_fp32_but_not_the_same(lite0, int8_export, tmp_path):
+    """Genuinely quantized: scores move. Still close: the features the heads read keep their
+    signal over the quantization noise (SQNR; about 12 dB here, 16.5 on the raccoon recipe's
+    weights, docs/export.md; a mis-scaled graph gives near 0). Not compared box by box: this
+    model's heads are random, so which of its few confident boxes survive 8-bit noise changes
+    with the CPU's float rounding (at IoU 0.8, 2 of 5 kept their place on an AVX2 CPU; AVX512 CPUs
+    had passed an 80% bar)."""
     fp32, int8 = lite0[2], load_predictor(int8_export.path)
     assert isinstance(int8, OnnxPredictor)
     images = [resized(photo, (333, 517)) for photo in photos()[:4]]
-    differences, matched, total = [], 0, 0
-    for a, b in zip(fp32.predict(images), int8.predict(images)):
-        top_a = a["scores"] >= 0.3
-        if top_a.any() and len(b["boxes"]):
-            iou = box_iou(a["boxes"][top_a], b["boxes"])
-            same_label = a["labels"][top_a][:, None] == b["labels"][None, :]
-            matched += int(((iou >= 0.8) & same_label).any(axis=1).sum())
-            total += int(top_a.sum())
-        differences.append(abs(float(a["scores"][:5].sum()) - float(b["scores"][:5].sum())))
-    assert total >= 5 and matched >= 0.8 * total, (matched, total)
+    differences = [abs(float(a["scores"][:5].sum()) - float(b["scores"][:5].sum()))
+                   for a, b in zip(fp32.predict(images), int8.predict(images))]
     assert max(differences) > 1e-4, "INT8 gave FP32's scores: nothing was quantized"
+    sensitivity = load_tool("int8_sensitivity")
+    names = sensitivity.backbone_outputs(onnx.load(str(lite0[1]), load_external_data=False))
+    floats = [image.transpose(2, 0, 1).astype(np.float32) / 255 for image in images]
+    reference = sensitivity.features(lite0[1], names, floats, tmp_path)
+    quantized = sensitivity.features(int8_export.path, names, floats, tmp_path)
+    assert 8 < sensitivity.sqnr_db(reference, quantized) < 40
 
 
 def test_the_gate_measures_what_detector_eval_measures(int8_export, gate_config, tmp_path):
