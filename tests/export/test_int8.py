@@ -3,9 +3,7 @@ a file every command runs like any .onnx, and an accuracy gate whose numbers are
 
 The val set is real photos whose ground truth is the FP32 model's own confident boxes, each moved
 by up to 15% of its size (seeded): AP sits mid-range, where every box INT8 loses or shifts moves
-it. Calibration: 8 other real photos (the fewest allowed), so each export takes seconds. Calibrated
-on the synthetic shapes instead, the ranges clip what real photos reach, AP50 halves, and which of
-the few confident boxes survive depends on the CPU's float rounding.
+it. Calibration: 8 other real photos (the fewest allowed), so each export takes seconds.
 """
 import json
 
