@@ -261,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-        chosen = {name: [*args.set, *overrides] for name, overrides in
-                  variants(parse_options(args.options), args.all).items()}
+        options = parse_options(args.options)
+        chosen = {name: [*args.set, *overrides] for name, overrides in variants(options, args.all).items()}
         configs = load_variants(args.config, chosen)
-        evaluated = evaluated_variants(parse_options(args.options), configs)
+        evaluated = evaluated_variants(options, configs)
         results: dict[str, list[dict]] = {}
         for seed in range(args.first_seed, args.first_seed + args.seeds):  # seed-major: a cut-short ablation still compares
             for name, overrides in chosen.items():
