@@ -1,25 +1,14 @@
 """tools/ablation.py: options parsed and checked before any training, mean and spread over seeds
 by hand, and a real (tiny) ablation whose finished runs a rerun reuses."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from detector import ConfigError, load_config
 from detector.config import save_config
+from tool_scripts import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "tools" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = load_tool()
+ablation = load_tool("ablation")
 
 
 def test_options_group_their_overrides_by_name():

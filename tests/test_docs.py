@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tool_scripts import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -24,10 +26,7 @@ README_MAX_BYTES = 10 * 1024  # issue 26: a short front page; the detail lives i
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "tools" / "docs_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("docs_reference")
 
 
 # ---------------------------------------------------------------- markdown links and anchors

@@ -3,7 +3,6 @@ criterion of the deploy issue (every detection >= 0.05 has a partner with IoU >=
 label and a score within 1e-3, both ways)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,6 @@ from detector.engine.checkpoint import save_checkpoint
 
 SMALL = ["model.transform.min_size=256", "model.transform.max_size=384", "model.rpn.pre_nms_top_n_test=500",
          "model.rpn.post_nms_top_n_test=300"]
-ROOT = Path(__file__).resolve().parents[2]
 # The synthetic demo set's classes, so `detector eval` can score the test model on it.
 CATEGORIES = {"ids": [1, 2, 3, 4], "names": ["circle", "square", "triangle", "cross"]}
 
@@ -111,10 +109,3 @@ def eager_detections(model, image: np.ndarray) -> dict:
         output = model([as_tensor(image)])[0]
     return {k: v.numpy() for k, v in output.items()}
 
-
-def load_tool(name: str):
-    """A script of tools/ as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -17,7 +17,8 @@ from detector.export.int8 import export_int8, layer_of
 from detector.export.onnx import signature
 from detector.inference import load_predictor
 from detector.inference.exported import OnnxPredictor
-from export_helpers import CATEGORIES, box_iou, eager_detections, load_tool, photos, resized
+from export_helpers import CATEGORIES, box_iou, eager_detections, photos, resized
+from tool_scripts import load_tool
 
 SIZES = ((333, 517), (448, 224))
 
